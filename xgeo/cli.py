@@ -1,0 +1,203 @@
+"""The ``xgeo`` command line. Every command takes ``--params FILE`` and repeated ``--set key.path=value``.
+
+Commands import their implementation lazily so that ``xgeo --help`` stays fast.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import load_params
+from .errors import XGeoError
+
+
+def params_options(func):
+    """Add --params/--set/--experiment and pass the resolved params dict as ``params``."""
+
+    @click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+                  help="parameters file (default: $XGEO_PARAMS or ./params.yaml)")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                  help="override a key of params.yaml (repeatable), like dvc exp run -S")
+    @click.option("--experiment", default=None, help="apply the overrides of experiments.<NAME> in params.yaml")
+    @functools.wraps(func)
+    def wrapper(*args, params_file=None, overrides=(), experiment=None, **kwargs):
+        params = load_params(params_file, overrides, experiment=experiment)
+        return func(*args, params=params, **kwargs)
+
+    return wrapper
+
+
+class _Group(click.Group):
+    """Turns XGeoError (and the OSErrors of missing files) into one clear line and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (XGeoError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+            if os.environ.get("XGEO_DEBUG"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="xgeo")
+def main() -> None:
+    """XGeo: multi-sensor geospatial foundation-model pretraining (data, pretrain, finetune, tables)."""
+
+
+@main.command("params")
+@params_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of YAML")
+def params_cmd(params: dict, as_json: bool) -> None:
+    """Print the resolved parameters (params.yaml + profile overlay + experiment + --set)."""
+    import yaml
+
+    click.echo(json.dumps(params, indent=2) if as_json else yaml.safe_dump(params, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+@main.group(cls=_Group)
+def data() -> None:
+    """Download, synthesise, convert and inspect datasets."""
+
+
+@data.command("download")
+@click.argument("dataset")
+@click.argument("directory", type=click.Path(file_okay=False))
+@params_options
+def data_download(dataset: str, directory: str, params: dict) -> None:
+    """Download DATASET into DIRECTORY (resumable, verified), or verify what the user placed there."""
+    from .data.download import download_dataset
+
+    download_dataset(dataset, Path(directory), params)
+
+
+@data.command("synth")
+@click.argument("dataset")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=None, help="random seed (default: params seed)")
+@params_options
+def data_synth(dataset: str, directory: str, seed: int | None, params: dict) -> None:
+    """Write a synthetic DATASET in its real on-disk layout into DIRECTORY."""
+    from .data.synth import synthesize
+
+    synthesize(dataset, Path(directory), params, seed=params["seed"] if seed is None else seed)
+
+
+@data.command("raw")
+@click.argument("dataset")
+@click.argument("directory", type=click.Path(file_okay=False))
+@params_options
+def data_raw(dataset: str, directory: str, params: dict) -> None:
+    """The raw stage: synthesise (data.source=synthetic) or download (data.source=remote) DATASET."""
+    source = params["data"]["source"]
+    if source == "synthetic":
+        from .data.synth import synthesize
+
+        synthesize(dataset, Path(directory), params, seed=params["seed"])
+    elif source == "remote":
+        from .data.download import download_dataset
+
+        download_dataset(dataset, Path(directory), params)
+    else:
+        raise XGeoError(f"params data.source: expected 'synthetic' or 'remote', found {source!r}")
+
+
+@data.command("convert")
+@click.argument("dataset")
+@click.argument("raw_dir", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--tile-size", type=int, default=None, help="tile size in pixels (default: data.datasets.<id>.tile_size)")
+@params_options
+def data_convert(dataset: str, raw_dir: str, out: str, tile_size: int | None, params: dict) -> None:
+    """Read DATASET from its real layout in RAW_DIR, tile it and write one Zarr v3 store OUT."""
+    from .data.convert import convert
+
+    convert(dataset, Path(raw_dir), Path(out), params, tile_size=tile_size)
+
+
+@data.command("info")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@params_options
+def data_info(store: str, as_json: bool, params: dict) -> None:
+    """Samples per split and, per sensor, shape, dtype and band statistics of a Zarr STORE."""
+    from .data.store import format_info, store_info
+
+    info = store_info(Path(store))
+    click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+# ------------------------------------------------------------------------------------------------------- pretrain
+@main.command("pretrain")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (last.ckpt, metrics.jsonl)")
+@click.option("--steps", type=int, default=None, help="total optimisation steps (default: pretrain.steps)")
+@click.option("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: pretrain.checkpoint_every)")
+@click.option("--resume", is_flag=True, help="continue from OUT/last.ckpt exactly where it stopped")
+@params_options
+def pretrain_cmd(out: str, steps: int | None, checkpoint_every: int | None, resume: bool, params: dict) -> None:
+    """Cross-sensor MoE SimMIM pretraining from the stores named in params (works under torchrun)."""
+    from .pretrain.train import pretrain
+
+    pretrain(params, Path(out), steps=steps, checkpoint_every=checkpoint_every, resume=resume)
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--sensor", default=None, help="sensor whose patch embedding becomes timm's patch_embed (default: first)")
+@params_options
+def export_cmd(checkpoint: str, out: str, sensor: str | None, params: dict) -> None:
+    """Export the pretrained encoder as a state dict that timm's SwinV2 of the same size loads."""
+    from .model.checkpoint import export_timm
+
+    export_timm(Path(checkpoint), Path(out), sensor=sensor)
+
+
+# ------------------------------------------------------------------------------------------------------- finetune
+@main.command("finetune")
+@click.argument("task")
+@click.option("--init", "init", required=True,
+              help="random | PATH to an xgeo checkpoint (.ckpt) | PATH to a timm Swin/SwinV2 state dict (.pth/.safetensors)")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--fraction", type=float, default=None, help="fraction of the training split (BigEarthNet: 0.01, 0.1, 1.0)")
+@click.option("--steps", type=int, default=None)
+@params_options
+def finetune_cmd(task: str, init: str, out: str, fraction: float | None, steps: int | None, params: dict) -> None:
+    """Finetune and evaluate TASK (bigearthnet | vaihingen | sen12ms-cr | spacenet2); writes metrics.json and predictions.npz."""
+    from .finetune.run import finetune
+
+    finetune(task, init, Path(out), params, fraction=fraction, steps=steps)
+
+
+# --------------------------------------------------------------------------------------------------------- tables
+@main.command("table")
+@click.argument("name")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="default: results/<name>.csv")
+@params_options
+def table_cmd(name: str, out: str | None, params: dict) -> None:
+    """Build a paper table (table3, table4, ...) as CSV from the runs recorded in MLflow and results/runs."""
+    from .tables import build_table
+
+    build_table(name, params, Path(out) if out else None)
+
+
+@main.command("ui")
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", type=int, default=5000)
+@params_options
+def ui_cmd(host: str, port: int, params: dict) -> None:
+    """Serve the MLflow UI for this project's tracking store."""
+    from .tracking import serve_ui
+
+    serve_ui(params, host=host, port=port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
