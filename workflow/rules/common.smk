@@ -1,0 +1,124 @@
+# Helpers shared by the rules: resolved params (profile overlay + experiments + --config overrides), paths, inputs.
+import functools
+import hashlib
+import json
+import shlex
+import sys
+
+from snakemake.utils import validate
+
+from xgeo import tables as xtables
+from xgeo.catalog import CATALOG
+from xgeo.config import load_params
+
+PARAMS_FILE = os.environ.get("XGEO_PARAMS", "params.yaml")
+
+def config_overrides(config):
+    """--set arguments for what `snakemake --config` changed: the profile, and every leaf that differs from the file.
+
+    `--config profile=paper` or `--config "pretrain={steps: 7}"`: Snakemake merges these into the params file's
+    mapping; the CLI re-reads the file, so each changed leaf travels as --set key.path=value.
+    """
+    from xgeo.config import flatten, parse_value, read_yaml
+
+    base = flatten(read_yaml(PARAMS_FILE))
+    out = [f"profile={config.get('profile', 'demo')}"]
+    for key, value in flatten(config).items():
+        # Snakemake leaves nested --config values as strings: read them as YAML, as --set does
+        value = parse_value(value) if isinstance(value, str) else value
+        if key != "profile" and (key not in base or base[key] != value):
+            out.append(f"{key}={json.dumps(value)}")
+    return out
+
+
+OVERRIDES = config_overrides(config)
+# every CLI call sees the same parameters as this workflow
+SETS = " ".join(f"--params {shlex.quote(PARAMS_FILE)}".split() + [f"--set {shlex.quote(o)}" for o in OVERRIDES])
+PARAMS = load_params(PARAMS_FILE, OVERRIDES)
+# the resolved parameters (file + profile overlay + --config) are what the jobs will see: check those
+validate(PARAMS, "../schemas/params.schema.yaml", set_default=False)
+# the CLI of the interpreter running Snakemake (no reliance on PATH)
+XGEO = f"{shlex.quote(sys.executable)} -m xgeo.cli"
+# figures (xgeo.plots has a small command line of its own: curves, gather, figure3)
+XGEO_PLOTS = f"{shlex.quote(sys.executable)} -m xgeo.plots {SETS}"
+
+RAW = PARAMS["paths"]["raw"]
+ZARR = PARAMS["paths"]["zarr"]
+CKPT = PARAMS["paths"]["checkpoints"]
+RUNS = PARAMS["paths"]["runs"]
+RESULTS = PARAMS["paths"]["results"]
+TASKS = ("bigearthnet", "vaihingen", "sen12ms-cr", "spacenet2")
+
+
+wildcard_constraints:
+    dataset="|".join(CATALOG),
+    experiment="|".join(PARAMS["experiments"]),
+    init=r"[A-Za-z0-9_]+",
+    setting=r"[0-9.]+(-[A-Za-z0-9_]+)?",
+    table=r"table[0-9]+",
+
+
+@functools.cache
+def exp_params(experiment):
+    """Resolved params of one experiment (profile, experiment overrides, --config overrides)."""
+    return load_params(PARAMS_FILE, OVERRIDES, experiment=experiment)
+
+
+def digest(obj):
+    """A short hash of resolved settings: a rule's params change (and Snakemake reruns it) when they change."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def pretrain_digest(wildcards):
+    p = exp_params(wildcards.experiment)
+    return digest({k: p.get(k) for k in ("seed", "data", "model", "pretrain")})
+
+
+def finetune_digest(wildcards):
+    p = exp_params(wildcards.experiment)
+    return digest([p.get("seed"), p.get("finetune"), finetune_extra_sets(wildcards)])
+
+
+def store(dataset):
+    return f"{ZARR}/{dataset}.zarr"
+
+
+def pretrain_stores(wildcards):
+    """The Zarr stores of the experiment's pretraining groups."""
+    groups = exp_params(wildcards.experiment)["pretrain"]["groups"]
+    return sorted({store(d) for g in groups.values() for d in g["datasets"]})
+
+
+def split_setting(setting):
+    """'0.1-fusion_separate' -> (0.1, 'fusion_separate'); '1' -> (1.0, None)."""
+    fraction, _, variant = setting.partition("-")
+    return float(fraction), variant or None
+
+
+def finetune_inputs(task):
+    """Input function of a finetune rule: the task's store and the initial weights of {init}."""
+
+    def inputs(wildcards):
+        out = {"store": store(task)}
+        if wildcards.init == "xgeo":
+            base = xtables.pretraining_of(PARAMS, wildcards.experiment)
+            out["weights"] = f"{CKPT}/{base}/last.ckpt"
+        elif wildcards.init != "random":
+            out["weights"] = str(xtables.init_weights(PARAMS, wildcards.init))
+        return out
+
+    return inputs
+
+
+def finetune_extra_sets(wildcards):
+    """--set arguments of the run's finetune variant (tables.variants.<name>)."""
+    _, variant = split_setting(wildcards.setting)
+    return " ".join(f"--set {shlex.quote(o)}" for o in xtables.variant_overrides(PARAMS, variant))
+
+
+def run_outputs(cells):
+    return [f"{c.run_dir(PARAMS)}/metrics.json" for c in cells]
+
+
+def table_inputs(wildcards):
+    return run_outputs(xtables.required_cells(wildcards.table, PARAMS)) + [f"{RESULTS}/literature.csv"]

@@ -1,0 +1,30 @@
+# Finetune-evaluate: one rule per downstream task, parameterised by experiment, init and setting (fraction[-variant]).
+#   results/runs/{experiment}/{task}/{init}/f{fraction}[-{variant}]/{metrics.json, predictions.npz, run.json}
+
+for _task in TASKS:
+
+    rule:
+        name:
+            f"finetune_{_task.replace('-', '_')}"
+        input:
+            unpack(finetune_inputs(_task)),
+        output:
+            metrics=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/metrics.json",
+            predictions=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/predictions.npz",
+            run=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/run.json",
+        log:
+            f"logs/finetune/{{experiment}}/{_task}/{{init}}/f{{setting}}.log",
+        params:
+            task=_task,
+            settings=finetune_digest,
+            init=lambda w, input: input.get("weights", "random"),
+            fraction=lambda w: split_setting(w.setting)[0],
+            variant=finetune_extra_sets,
+            out=lambda w, output: os.path.dirname(output.metrics),
+        threads: PARAMS["workflow"]["finetune"]["threads"]
+        resources:
+            gpu=PARAMS["workflow"]["finetune"]["gpu"],
+            mem_mb=PARAMS["workflow"]["finetune"]["mem_mb"],
+        shell:
+            "{XGEO} finetune {params.task} --init {params.init} --out {params.out} --fraction {params.fraction}"
+            " --experiment {wildcards.experiment} {SETS} {params.variant} > {log} 2>&1"

@@ -1,0 +1,61 @@
+# Pretraining: one run per experiment (params experiments.<name>), shared by every table that finetunes from it.
+
+
+def launcher(wildcards, resources):
+    """One process per GPU under torchrun when the job has more than one GPU; the plain CLI otherwise."""
+    if resources.gpu > 1:
+        return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
+                f"--nproc_per_node {resources.gpu} -m xgeo.cli")
+    return XGEO
+
+
+rule pretrain:
+    input:
+        pretrain_stores,
+    output:
+        ckpt=f"{CKPT}/{{experiment}}/last.ckpt",
+        metrics=f"{CKPT}/{{experiment}}/metrics.jsonl",
+    log:
+        "logs/pretrain/{experiment}.log",
+    params:
+        launcher=launcher,
+        settings=pretrain_digest,
+        out=lambda w: f"{CKPT}/{w.experiment}",
+    threads: PARAMS["workflow"]["pretrain"]["threads"]
+    resources:
+        gpu=PARAMS["workflow"]["pretrain"]["gpu"],
+        mem_mb=PARAMS["workflow"]["pretrain"]["mem_mb"],
+    shell:
+        "{params.launcher} pretrain --experiment {wildcards.experiment} --out {params.out} {SETS} > {log} 2>&1"
+
+
+rule training_curves:
+    input:
+        f"{CKPT}/{{experiment}}/metrics.jsonl",
+    output:
+        report(
+            f"{RESULTS}/figures/{{experiment}}/training_curves.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            subcategory="{experiment}",
+        ),
+    shell:
+        "{XGEO_PLOTS} curves {input} {output}"
+
+
+rule reconstructions:
+    """Figure 4: the reconstruction figures pretraining wrote, gathered for the report."""
+    input:
+        f"{CKPT}/{{experiment}}/last.ckpt",
+    output:
+        report(
+            directory(f"{RESULTS}/figures/{{experiment}}/reconstructions"),
+            patterns=["{name}.png"],
+            caption="../report/reconstructions.rst",
+            category="Reconstructions (Figure 4)",
+            subcategory="{experiment}",
+        ),
+    params:
+        figures=lambda w: f"{CKPT}/{w.experiment}/figures",
+    shell:
+        "{XGEO_PLOTS} gather {params.figures} {output}"

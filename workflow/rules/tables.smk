@@ -1,0 +1,29 @@
+# Paper tables and Figure 3 from the finetuning runs (and results/literature.csv for the cited rows).
+
+
+rule table:
+    input:
+        table_inputs,
+    output:
+        report(f"{RESULTS}/{{table}}.csv", caption="../report/table.rst", category="Tables"),
+    log:
+        "logs/tables/{table}.log",
+    shell:
+        "{XGEO} table {wildcards.table} --out {output} {SETS} > {log} 2>&1"
+
+
+rule figure3:
+    input:
+        run_outputs(xtables.required_cells("figure3", PARAMS)),
+    output:
+        report(f"{RESULTS}/figures/figure3.png", caption="../report/figure3.rst", category="Figure 3"),
+    shell:
+        "{XGEO_PLOTS} figure3 {output}"
+
+
+rule figures:
+    """Training curves and reconstructions of every pretraining the built tables use."""
+    input:
+        [f"{RESULTS}/figures/{e}/training_curves.png" for e in PARAMS["experiments"]
+         if any(c.init == "xgeo" and xtables.pretraining_of(PARAMS, c.experiment) == e
+                for t in PARAMS["tables"]["build"] for c in xtables.required_cells(t, PARAMS))],
