@@ -176,6 +176,31 @@ register(DatasetSpec(
     splits="official train/val/test csv (cloud and snow patches removed); fractions of train are seeded subsets",
     license="CDLA-Permissive-1.0",
     extra={
+        # names as written in <patch>_labels_metadata.json (CORINE level 3 as used by BigEarthNet v1), index order
+        "labels43": (
+            "Continuous urban fabric", "Discontinuous urban fabric", "Industrial or commercial units",
+            "Road and rail networks and associated land", "Port areas", "Airports", "Mineral extraction sites",
+            "Dump sites", "Construction sites", "Green urban areas", "Sport and leisure facilities",
+            "Non-irrigated arable land", "Permanently irrigated land", "Rice fields", "Vineyards",
+            "Fruit trees and berry plantations", "Olive groves", "Pastures", "Annual crops associated with permanent crops",
+            "Complex cultivation patterns",
+            "Land principally occupied by agriculture, with significant areas of natural vegetation",
+            "Agro-forestry areas", "Broad-leaved forest", "Coniferous forest", "Mixed forest", "Natural grassland",
+            "Moors and heathland", "Sclerophyllous vegetation", "Transitional woodland/shrub", "Beaches, dunes, sands",
+            "Bare rock", "Sparsely vegetated areas", "Burnt areas", "Inland marshes", "Peatbogs", "Salt marshes",
+            "Salines", "Intertidal flats", "Water courses", "Water bodies", "Coastal lagoons", "Estuaries",
+            "Sea and ocean",
+        ),
+        # the 19-class nomenclature of BigEarthNet-MM (Sumbul et al., 2021), index order
+        "labels19": (
+            "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
+            "Complex cultivation patterns",
+            "Land principally occupied by agriculture, with significant areas of natural vegetation",
+            "Agro-forestry areas", "Broad-leaved forest", "Coniferous forest", "Mixed forest",
+            "Natural grassland and sparsely vegetated areas", "Moors, heathland and sclerophyllous vegetation",
+            "Transitional woodland, shrub", "Beaches, dunes, sands", "Inland wetlands", "Coastal wetlands",
+            "Inland waters", "Marine waters",
+        ),
         # 43-class nomenclature index -> 19-class index (None: dropped); authoritative: rsim label_indices.json
         "labels43_to_19": {0: 0, 1: 0, 2: 1, 11: 2, 12: 2, 13: 2, 14: 3, 15: 3, 16: 3, 18: 3, 17: 4, 19: 5, 20: 6, 21: 7,
                            22: 8, 23: 9, 24: 10, 25: 11, 31: 11, 26: 12, 27: 12, 28: 13, 29: 14, 33: 15, 34: 15, 35: 16,
