@@ -1,9 +1,14 @@
 # Raw data (synthesised, or downloaded/verified by data.source) -> one Zarr v3 store per dataset.
 
 
+# The raw folder is named by path, not declared as a directory() output: Snakemake deletes a directory output
+# before rerunning a job, which would throw away resumable .part downloads and the files a user placed by hand.
+# The flag file is written only after `xgeo data raw` succeeded.
 rule raw:
     output:
-        directory(f"{RAW}/{{dataset}}"),
+        touch(f"{RAW}/{{dataset}}.done"),
+    params:
+        directory=lambda wildcards: f"{RAW}/{wildcards.dataset}",
     log:
         "logs/data/raw_{dataset}.log",
     message:
@@ -12,12 +17,14 @@ rule raw:
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
     shell:
-        "{XGEO} data raw {wildcards.dataset} {output} {SETS} > {log} 2>&1"
+        "{XGEO} data raw {wildcards.dataset} {params.directory} {SETS} > {log} 2>&1"
 
 
 rule convert:
     input:
-        f"{RAW}/{{dataset}}",
+        f"{RAW}/{{dataset}}.done",
+    params:
+        raw=lambda wildcards: f"{RAW}/{wildcards.dataset}",
     output:
         directory(f"{ZARR}/{{dataset}}.zarr"),
     log:
@@ -26,7 +33,7 @@ rule convert:
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
     shell:
-        "{XGEO} data convert {wildcards.dataset} {input} {output} {SETS} > {log} 2>&1"
+        "{XGEO} data convert {wildcards.dataset} {params.raw} {output} {SETS} > {log} 2>&1"
 
 
 rule data:
