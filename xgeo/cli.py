@@ -157,7 +157,13 @@ def export_cmd(checkpoint: str, out: str, sensor: str | None, params: dict) -> N
     """Export the pretrained encoder as a state dict that timm's SwinV2 of the same size loads."""
     from .model.checkpoint import export_timm
 
-    export_timm(Path(checkpoint), Path(out), sensor=sensor)
+    info = export_timm(Path(checkpoint), Path(out), sensor=sensor)
+    click.echo(
+        f"wrote {info['path']}: load with timm.create_model({info['model_name']!r}, pretrained=False, "
+        + ", ".join(f"{k}={v!r}" for k, v in info["kwargs"].items())
+        + f") then load_state_dict(torch.load(...)); patch_embed from sensor {info['sensor']!r}"
+        + ("" if info["exact"] else "; MoE blocks exported as the load-weighted average of their experts (approximate)")
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- finetune

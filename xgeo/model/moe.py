@@ -1,0 +1,292 @@
+"""Sparse Mixture of Experts in place of a Swin block's MLP (paper section 3.4, Table 11).
+
+Native router with tutel's semantics (the library Swin-MoE uses), S tokens, E experts, top-k:
+
+    logits   = x W_g                      fp32, no bias
+    l~       = logits + gate_noise * N(0, 1) / E          (training only)
+    p        = softmax(l~)                (S, E)
+    e_i^j    = j-th largest p_i,  g_i^j = p_i[e_i^j]      (renormalised over the k choices when k > 1)
+    capacity = k * int(cf * ceil(S / E))
+    slot     = how many token-choices went to that expert before this one; the order is choice-major
+               (all first choices, then all second ones) and, with batch-prioritised routing, tokens by
+               descending max p within each choice
+    y_i      = sum_j g_i^j * FFN_{e_i^j}(x_i) over the choices with slot < capacity (dropped: 0, the block's
+               residual carries the token),  FFN_e(x) = act(x W1_e + b1_e) W2_e + b2_e
+
+Experts run batched: the kept token-choices are scattered into an (E, capacity, d) buffer and one ``baddbmm``
+per layer computes every expert at once; no Python loop over tokens or experts.
+
+Auxiliary losses (``aux_loss``), both differentiable in the gate:
+- ``load_importance`` (tutel's default, used by Swin-MoE): (l_imp + l_load) / 2 with
+  l_imp = Var(Imp) / (Mean(Imp)^2 + 1e-10), Imp_e = sum_i softmax(logits)_ie (noise free), and l_load the same over
+  Load_e = sum_i Phi((softmax(logits)_ie - t_i) / (gate_noise / E)), t_i the k-th largest noisy logit.
+  (tutel compares a probability with a logit here; kept as it computes it. Var is the unbiased variance.)
+- ``gshard``: E * sum_e mean_i(p_ie) * frac_e, frac_e the share of first choices of expert e (1 when balanced).
+
+``backend: tutel`` wraps ``tutel.moe.moe_layer`` with the same configuration when tutel is installed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import XGeoError
+
+AUX_LOSSES = ("load_importance", "gshard")
+TUTEL_INSTALL = ("tutel is not on PyPI: install it from its repository, e.g. "
+                 "`NO_CUDA=1 pip install git+https://github.com/microsoft/tutel@main` for a CPU build "
+                 "(drop NO_CUDA=1 on a CUDA machine), or set model.moe.backend: native")
+
+
+def capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """tutel's capacity per expert: k * int(cf * ceil(S / E))."""
+    return top_k * int(capacity_factor * ((num_tokens + num_experts - 1) // num_experts))
+
+
+@dataclass
+class Routing:
+    """Where every token-choice goes. S tokens, k choices.
+
+    experts, slots: (S, k) long; gates: (S, k) float (differentiable); kept: (S, k) bool (slot < capacity);
+    scores: (S, E) softmax of the (noisy) logits; capacity: slots per expert.
+    """
+
+    experts: torch.Tensor
+    gates: torch.Tensor
+    slots: torch.Tensor
+    kept: torch.Tensor
+    scores: torch.Tensor
+    capacity: int
+
+
+def route(noisy_logits: torch.Tensor, top_k: int, capacity_factor: float, batch_prioritized: bool) -> Routing:
+    """Top-k routing with capacity. noisy_logits: (S, E) fp32 (noise already added when training)."""
+    S, E = noisy_logits.shape
+    k = min(top_k, E)
+    scores = noisy_logits.softmax(dim=1)
+    top = scores.topk(k, dim=1)
+    experts, gates = top.indices, top.values
+    if k > 1:  # tutel's normalize_gate: the k gates of a token sum to one
+        gates = gates / gates.sum(dim=1, keepdim=True).clamp_min(torch.finfo(gates.dtype).eps)
+    if batch_prioritized:  # confident tokens first, so capacity drops the least certain ones
+        order = torch.argsort(-scores.detach().max(dim=1).values, stable=True)
+    else:
+        order = torch.arange(S, device=scores.device)
+    onehot = F.one_hot(experts[order].t(), E)  # (k, S, E) in priority order, choice-major
+    # slot = running count per expert over (choice, token) flattened: the j-th choices queue behind all (j-1)-th
+    positions = onehot.reshape(k * S, E).cumsum(0).reshape(k, S, E) - 1
+    slots_sorted = (positions * onehot).sum(-1)  # (k, S)
+    slots = torch.empty_like(slots_sorted)
+    slots[:, order] = slots_sorted
+    slots = slots.t().contiguous()  # (S, k)
+    cap = capacity(S, E, k, capacity_factor)
+    return Routing(experts, gates, slots, slots < cap, scores, cap)
+
+
+def importance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Var(Imp) / (Mean(Imp)^2 + 1e-10), Imp_e = sum_i probs_ie. probs: (S, E) noise-free softmax."""
+    imp = probs.float().sum(0)
+    return imp.var() / (imp.mean() ** 2 + 1e-10)
+
+
+def load_loss(probs: torch.Tensor, noisy_logits: torch.Tensor, top_k: int, gate_noise: float) -> torch.Tensor:
+    """Smooth load estimate of tutel: Load_e = sum_i Phi((probs_ie - t_i) / (gate_noise / E)), then Var / Mean^2."""
+    E = probs.shape[1]
+    threshold = noisy_logits.topk(min(top_k, E), dim=1).values[:, -1:]
+    normal = torch.distributions.Normal(torch.zeros((), device=probs.device),
+                                        torch.full((), gate_noise / E, device=probs.device))
+    load = normal.cdf(probs.float() - threshold.float()).sum(0)
+    return load.var() / (load.mean() ** 2 + 1e-10)
+
+
+def load_importance_loss(logits: torch.Tensor, noisy_logits: torch.Tensor, top_k: int,
+                         gate_noise: float) -> torch.Tensor:
+    """(l_imp + l_load) / 2 as tutel computes it. logits, noisy_logits: (S, E)."""
+    probs = logits.softmax(dim=1)
+    return (importance_loss(probs) + load_loss(probs, noisy_logits, top_k, gate_noise)) / 2
+
+
+def gshard_loss(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """E * sum_e mean_i(scores_ie) * frac_e, frac_e the share of first choices. scores (S, E), experts (S, k)."""
+    S, E = scores.shape
+    frac = F.one_hot(experts[:, 0], E).to(scores.dtype).mean(0)
+    return E * (scores.mean(0) * frac).sum()
+
+
+class MoE(nn.Module):
+    """Top-k sparse MoE of E expert FFNs; a drop-in for a Swin block's MLP.
+
+    forward(x: (..., d)) -> (..., d); stores ``self.aux_loss`` (a scalar tensor, unweighted) and ``self.last_stats``
+    = {"load": (E,) token-choices each expert processed, "routed": (E,) assigned before capacity,
+    "dropped": float, the fraction of token-choices beyond capacity, "capacity": int}. ``load_count`` (E,)
+    accumulates the processed tokens over training forwards (persistent: the timm export weights experts by it).
+    """
+
+    def __init__(self, dim: int, hidden: int, num_experts: int = 8, top_k: int = 1, capacity_factor: float = 1.25,
+                 gate_noise: float = 1.0, aux_loss: str = "load_importance", batch_prioritized: bool = True,
+                 act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        if aux_loss not in AUX_LOSSES:
+            raise XGeoError(f"params.yaml: model.moe.aux_loss is {aux_loss!r}; expected one of {list(AUX_LOSSES)}")
+        if aux_loss == "load_importance" and gate_noise <= 0:
+            raise XGeoError("params.yaml: model.moe.aux_loss load_importance needs model.moe.gate_noise > 0 "
+                            f"(it is the scale of the smooth load estimate), found {gate_noise}; use gshard instead")
+        if not 1 <= top_k <= num_experts:
+            raise XGeoError(f"params.yaml: model.moe.top_k is {top_k}; expected 1..num_experts ({num_experts})")
+        self.dim, self.hidden, self.num_experts, self.top_k = dim, hidden, num_experts, top_k
+        self.capacity_factor, self.gate_noise = capacity_factor, gate_noise
+        self.aux_kind, self.batch_prioritized = aux_loss, batch_prioritized
+        self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(num_experts, 1, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
+        self.b2 = nn.Parameter(torch.zeros(num_experts, 1, dim))
+        self.act = act_layer()
+        self.register_buffer("load_count", torch.zeros(num_experts, dtype=torch.float64))
+        self.reset_parameters()
+        self.aux_loss: torch.Tensor = torch.zeros(())
+        self.last_stats: dict = {}
+
+    def reset_parameters(self) -> None:
+        # the init timm gives the dense MLP's Linear layers (trunc normal 0.02, zero bias)
+        for w in (self.gate.weight, self.w1, self.w2):
+            nn.init.trunc_normal_(w, std=0.02)
+        nn.init.zeros_(self.b1)
+        nn.init.zeros_(self.b2)
+
+    def expert_parameters(self) -> list[nn.Parameter]:
+        return [self.w1, self.b1, self.w2, self.b2]
+
+    def noisy_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (S, d) -> (logits, noisy logits), both (S, E) fp32 even under autocast."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.gate.weight.float())
+        if self.training and self.gate_noise > 0:
+            return logits, logits + self.gate_noise * torch.randn_like(logits) / self.num_experts
+        return logits, logits
+
+    def experts_forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Dispatch kept token-choices into (E, C, d), run every expert with one bmm per layer, combine. -> (S, d).
+
+        Dropped choices go to a spare row past the buffer and come back as zeros: no boolean indexing, so no
+        host-device sync and a fixed shape for torch.compile.
+        """
+        S, d = x.shape
+        E, C, k = self.num_experts, routing.capacity, routing.experts.shape[1]
+        spare = E * C
+        row = torch.where(routing.kept, routing.experts * C + routing.slots, spare).reshape(-1)  # (S k,) token-major
+        src = x.repeat_interleave(k, dim=0) if k > 1 else x
+        # kept rows are unique; only the spare row accumulates (and is discarded)
+        buffer = x.new_zeros(spare + 1, d).index_put((row,), src, accumulate=True)[:spare].view(E, C, d)
+        h = self.act(torch.baddbmm(self.b1.to(x.dtype), buffer, self.w1.to(x.dtype)))
+        out = torch.baddbmm(self.b2.to(h.dtype), h, self.w2.to(h.dtype)).view(spare, d)
+        out = torch.cat([out, out.new_zeros(1, d)])
+        weight = (routing.gates * routing.kept).reshape(-1, 1).to(out.dtype)
+        return (out[row] * weight).view(S, k, d).sum(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        logits, noisy = self.noisy_logits(tokens)
+        routing = route(noisy, self.top_k, self.capacity_factor, self.batch_prioritized)
+        if self.aux_kind == "gshard":
+            self.aux_loss = gshard_loss(routing.scores, routing.experts)
+        else:
+            self.aux_loss = load_importance_loss(logits, noisy, self.top_k, self.gate_noise)
+        y = self.experts_forward(tokens, routing)
+        with torch.no_grad():
+            onehot = F.one_hot(routing.experts, self.num_experts)  # (S, k, E)
+            routed = onehot.sum((0, 1)).float()
+            load = (onehot * routing.kept.unsqueeze(-1)).sum((0, 1)).float()
+            self.last_stats = {"load": load, "routed": routed, "capacity": routing.capacity,
+                               "dropped": float(1.0 - load.sum() / routed.sum().clamp_min(1))}
+            if self.training:
+                self.load_count += load.to(self.load_count.dtype)
+        return y.to(x.dtype).reshape(shape)
+
+    def expert_weights(self) -> torch.Tensor:
+        """(E,) share of the tokens each expert processed in training (uniform before any training step)."""
+        total = self.load_count.sum()
+        if total <= 0:
+            return torch.full((self.num_experts,), 1.0 / self.num_experts, dtype=torch.float64)
+        return self.load_count / total
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, hidden={self.hidden}, experts={self.num_experts}, top_k={self.top_k}, "
+                f"capacity_factor={self.capacity_factor}, gate_noise={self.gate_noise}, aux={self.aux_kind}, "
+                f"batch_prioritized={self.batch_prioritized}")
+
+
+class TutelMoE(nn.Module):
+    """The same layer through ``tutel.moe.moe_layer`` (expert parallel over ranks; experts carry skip_allreduce).
+
+    Each rank holds E / world_size experts, as Swin-MoE does; checkpoints then differ per rank. ``last_stats`` is
+    left empty: tutel keeps its routing internal.
+    """
+
+    def __init__(self, dim: int, hidden: int, num_experts: int = 8, top_k: int = 1, capacity_factor: float = 1.25,
+                 gate_noise: float = 1.0, aux_loss: str = "load_importance", batch_prioritized: bool = True,
+                 act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        try:
+            from tutel import moe as tutel_moe
+        except ImportError:
+            raise XGeoError(f"params.yaml: model.moe.backend is tutel but `import tutel` fails; {TUTEL_INSTALL}") from None
+        if aux_loss not in AUX_LOSSES:
+            raise XGeoError(f"params.yaml: model.moe.aux_loss is {aux_loss!r}; expected one of {list(AUX_LOSSES)}")
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
+        if num_experts % world:
+            raise XGeoError(f"params.yaml: model.moe.num_experts ({num_experts}) must be a multiple of the number "
+                            f"of processes ({world}) for the tutel backend")
+        self.num_experts, self.top_k = num_experts, top_k
+        act = act_layer()
+        self.layer = tutel_moe.moe_layer(
+            gate_type={"type": "top", "k": top_k, "capacity_factor": capacity_factor, "gate_noise": gate_noise,
+                       "fp32_gate": True},
+            model_dim=dim,
+            experts={"type": "ffn", "count_per_node": num_experts // world, "hidden_size_per_expert": hidden,
+                     "activation_fn": act},
+            scan_expert_func=lambda name, param: setattr(param, "skip_allreduce", True),
+            seeds=(1, rank + 1, rank + 1),  # Swin-MoE: one gate seed for all, expert seeds per rank
+            batch_prioritized_routing=batch_prioritized,
+            is_gshard_loss=aux_loss == "gshard",
+        )
+        self.aux_loss: torch.Tensor = torch.zeros(())
+        self.last_stats: dict = {}
+
+    def expert_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if getattr(p, "skip_allreduce", False)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(x)
+        self.aux_loss = y.l_aux
+        return y
+
+
+def build_moe(dim: int, hidden: int, cfg: dict, act_layer: type[nn.Module] = nn.GELU) -> nn.Module:
+    """An MoE layer from the ``model.moe`` section of params.yaml."""
+    backend = cfg.get("backend", "native")
+    kwargs = dict(num_experts=int(cfg["num_experts"]), top_k=int(cfg["top_k"]),
+                  capacity_factor=float(cfg["capacity_factor"]), gate_noise=float(cfg["gate_noise"]),
+                  aux_loss=cfg.get("aux_loss", "load_importance"),
+                  batch_prioritized=bool(cfg.get("batch_prioritized", True)), act_layer=act_layer)
+    if backend == "native":
+        return MoE(dim, hidden, **kwargs)
+    if backend == "tutel":
+        return TutelMoE(dim, hidden, **kwargs)
+    raise XGeoError(f"params.yaml: model.moe.backend is {backend!r}; expected native or tutel")
+
+
+def tutel_available() -> bool:
+    try:
+        import tutel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
