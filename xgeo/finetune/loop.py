@@ -1,0 +1,163 @@
+"""The one training loop every downstream task shares, its optimiser and schedule, and sliding-window inference.
+
+Optimiser (GFM / SimMIM finetuning): AdamW with layer-wise learning-rate decay: a parameter of layer l (0 = the
+patch embeddings, 1..L = the Swin blocks in order, L + 1 = the final norm and the task head) gets
+lr * layer_decay^(L + 1 - l); timm's SwinV2 merges patches at the START of stage i (i >= 1), which is the end of
+stage i - 1, so a merge shares the layer id of the last block before it. Norms, biases, SwinV2's continuous
+position-bias MLP and logit scales take no weight decay. Schedule: linear warm-up from ``warmup_lr`` over
+``warmup_steps``, then cosine to ``min_lr`` (step-wise, as timm's scheduler with t_in_epochs=False).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import TrainingError
+
+NO_DECAY = ("cpb_mlp", "logit_scale", "mask_token", "relative_position_bias_table", "absolute_pos_embed")
+
+
+def stage_depths(model: nn.Module) -> list[int]:
+    """Blocks per stage of the Swin encoder inside ``model`` (from parameter names ``...layers.i.blocks.j...``)."""
+    depths: dict[int, int] = {}
+    for name, _ in model.named_parameters():
+        m = re.search(r"layers\.(\d+)\.blocks\.(\d+)\.", name)
+        if m:
+            i, j = int(m.group(1)), int(m.group(2))
+            depths[i] = max(depths.get(i, 0), j + 1)
+    return [depths[i] for i in sorted(depths)]
+
+
+def layer_id(name: str, depths: list[int]) -> int:
+    """Layer index of a parameter for layer-wise lr decay (see the module doc)."""
+    if "patch_embed" in name or "mask_token" in name:
+        return 0
+    m = re.search(r"layers\.(\d+)\.blocks\.(\d+)\.", name)
+    if m:
+        return 1 + sum(depths[: int(m.group(1))]) + int(m.group(2))
+    m = re.search(r"layers\.(\d+)\.downsample\.", name)
+    if m:
+        return sum(depths[: int(m.group(1))])
+    return sum(depths) + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups: one per (layer, decay or not), each with ``lr_scale``."""
+    depths = stage_depths(model)
+    top = sum(depths) + 1
+    # names a module declares decay-free (XGeo: expert biases, mask token; timm: position-bias MLPs, scales)
+    skip = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "no_weight_decay", None)
+        if callable(declared):
+            skip |= {f"{prefix}.{n}" if prefix else n for n in declared()}
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name, depths)
+        no_decay = (p.ndim == 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY)
+                    or any(name == n or name.startswith(n + ".") for n in skip))
+        key = (lid, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": layer_decay ** (top - lid)}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_at(step: int, s: Mapping) -> float:
+    """Learning rate (before the layer scale) at optimiser step ``step`` (0-based) of ``s["steps"]``."""
+    warm = int(s["warmup_steps"])
+    if step < warm:
+        return s["warmup_lr"] + (s["lr"] - s["warmup_lr"]) * step / warm
+    total = max(1, int(s["steps"]) - warm)
+    t = min(1.0, (step - warm) / total)
+    return s["min_lr"] + 0.5 * (s["lr"] - s["min_lr"]) * (1 + math.cos(math.pi * t))
+
+
+def make_optimizer(model: nn.Module, s: Mapping) -> torch.optim.Optimizer:
+    groups = param_groups(model, float(s["weight_decay"]), float(s["layer_decay"]))
+    return torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=float(s["lr"]),
+                             betas=tuple(s["betas"]), eps=float(s["eps"]))
+
+
+def infinite(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def train(model: nn.Module, step_loss: Callable[[dict], torch.Tensor], loader, s: Mapping, steps: int,
+          desc: str = "finetune", log: Callable[[dict, int], None] | None = None, log_every: int = 10) -> list[float]:
+    """Run ``steps`` AdamW steps of ``step_loss(batch) -> scalar loss``; returns the loss of every step.
+
+    Raises TrainingError on a non-finite loss (naming the step), so a bad learning rate does not write metrics.
+    """
+    opt = make_optimizer(model, s)
+    sched = dict(s, steps=steps)
+    losses: list[float] = []
+    model.train()
+    batches = infinite(loader)
+    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, sched)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        loss = step_loss(next(batches))
+        if not torch.isfinite(loss):
+            raise TrainingError(f"{desc}: the loss became {float(loss)} at step {step}; lower finetune lr "
+                                f"(now {s['lr']}) or check the inputs")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.get("clip_grad"):
+            nn.utils.clip_grad_norm_(model.parameters(), float(s["clip_grad"]))
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        if log is not None and (step % log_every == 0 or step == steps - 1):
+            log({"train_loss": losses[-1], "lr": lr}, step)
+    return losses
+
+
+def positions(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering [0, length) with the last window flush with the edge."""
+    if length <= window:
+        return [0]
+    offs = list(range(0, length - window + 1, stride))
+    if offs[-1] != length - window:
+        offs.append(length - window)
+    return offs
+
+
+@torch.no_grad()
+def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int, stride: int,
+                   batch: int = 8) -> torch.Tensor:
+    """Dense prediction of an image of any size with a model that takes ``window`` x ``window`` inputs.
+
+    image: (C, H, W) -> (K, H, W), the mean of the outputs of every window covering a pixel. An image smaller
+    than the window is padded (replicated edge) and the output cropped back.
+    """
+    c, h, w = image.shape
+    ph, pw = max(0, window - h), max(0, window - w)
+    if ph or pw:
+        image = F.pad(image[None], (0, pw, 0, ph), mode="replicate")[0]
+    H, W = image.shape[-2:]
+    boxes = [(y, x) for y in positions(H, window, stride) for x in positions(W, window, stride)]
+    out = count = None
+    for i in range(0, len(boxes), batch):
+        chunk = boxes[i:i + batch]
+        pred = fn(torch.stack([image[:, y:y + window, x:x + window] for y, x in chunk]))
+        if out is None:
+            out = pred.new_zeros(pred.shape[1], H, W)
+            count = pred.new_zeros(1, H, W)
+        for (y, x), p in zip(chunk, pred):
+            out[:, y:y + window, x:x + window] += p
+            count[:, y:y + window, x:x + window] += 1
+    return (out / count)[:, :h, :w]

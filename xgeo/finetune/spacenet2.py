@@ -1,0 +1,91 @@
+"""SpaceNet 2 pan-sharpening: WorldView-3 PAN + upsampled MUL -> 8-band image at PAN resolution (paper, Table 3,
+appendix C.4). Two protocols (``finetune.spacenet2.protocol``; ../shared/reference/datasets.md), recorded in
+metrics.json and run.json:
+
+- ``supervised``: PAN (H x W) + MUL (H/4 x W/4) upsampled x4 -> MUL-PanSharpen (the vendor product, H x W);
+- ``wald`` (Wald's protocol, reduced resolution): PAN and MUL degraded by the ratio 4 (box average,
+  ``F.interpolate(mode="area")``), the degraded MUL upsampled x4 to the degraded PAN's grid, fused, compared with
+  the original MUL (H/4 x W/4).
+
+Upsampling is bicubic (align_corners=False). Inputs stacked as channels: [PAN, MUL] (1 + 8) before one patch
+embedding adapted to the two WorldView-3 sensors by band wavelength (neither is a pretraining sensor). The
+SimMIM decoder predicts the residual over the upsampled MUL; output and target are 11-bit DN / 2047 clipped to
+[0, 1] (the valid range of xgeo.sensors), on which PSNR and SSIM (data_range 1) are computed. Evaluation over the
+``val`` split (the seeded 80/20 split by image id of the store), whole tiles by sliding windows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..catalog import get_dataset
+from ..errors import XGeoError
+from .figures import panels, stretch
+from .tasks import ImageTask, InputSpec
+
+RGB = ("red", "green", "blue")
+
+
+class SpaceNet2(ImageTask):
+    name = "spacenet2"
+    dataset = "spacenet2"
+    target_sensor = "wv3_mul"
+    metric = "PSNR"
+    lower_is_better = False
+    scale_note = "WorldView-3 DN / 2047 clipped to [0, 1]"
+
+    def __init__(self, params, settings) -> None:
+        super().__init__(params, settings)
+        protocols = get_dataset("spacenet2").extra["protocols"]
+        if self.s.get("protocol") not in protocols:
+            raise XGeoError(f"params finetune.spacenet2.protocol: expected one of {list(protocols)}, "
+                            f"found {self.s.get('protocol')!r}")
+        self.ratio = int(get_dataset("spacenet2").extra["ratio"])
+
+    @property
+    def protocol(self) -> str:
+        return str(self.s["protocol"])
+
+    def eval_split(self) -> str:
+        return str(self.s.get("eval_split", "val"))
+
+    def input_specs(self) -> list[InputSpec]:
+        return [self.spec_for("pan"), self.spec_for("mul")]
+
+    def read_keys(self) -> list[str]:
+        return ["pan", "mul"] + (["mul_pansharpen"] if self.protocol == "supervised" else [])
+
+    @property
+    def out_bands(self) -> tuple[str, ...]:
+        return self.spec_for("mul").bands
+
+    def _up(self, x: torch.Tensor, size) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+
+    def prepare(self, batch: dict):
+        pan, mul = batch["pan"], batch["mul"]
+        if self.protocol == "supervised":
+            target = self.unit("mul_pansharpen", batch["mul_pansharpen"])
+        else:
+            target = self.unit("mul", mul)
+            pan = F.interpolate(pan, scale_factor=1 / self.ratio, mode="area")
+            mul = F.interpolate(mul, scale_factor=1 / self.ratio, mode="area")
+        up = self._up(mul, pan.shape[-2:])
+        # the residual's base: the upsampled MUL on the target's [0, 1] scale (the normalisation is affine per
+        # band and bicubic weights sum to 1, so upsampling before or after it is the same)
+        return [pan, up], target, self.unit("mul", up)
+
+    def display_input(self, batch: dict, b: int) -> np.ndarray:
+        xs, _, base = self.prepare({k: v[b:b + 1] for k, v in batch.items() if k != "index"})
+        return base[0, [list(self.out_bands).index(n) for n in RGB]].float().numpy()
+
+    def figures(self, arrays: dict) -> list:
+        idx = [list(self.out_bands).index(n) for n in RGB]
+        n = min(4, len(arrays["outputs"]))
+        if n == 0:
+            return []
+        rows = [[stretch(arrays["inputs"][i]), stretch(arrays["outputs"][i][idx]), stretch(arrays["targets"][i][idx])]
+                for i in range(n)]
+        return [(panels(rows, ["upsampled MUL", "prediction", "target"], f"SpaceNet2 pan-sharpening ({self.protocol})"),
+                 "figures/pansharpening.png")]
