@@ -79,8 +79,7 @@ def test_table3_end_to_end(project):
         for col in spec["columns"]:
             c = tables.cell(row, col)
             metrics = json.loads((c.run_dir(params) / "metrics.json").read_text())
-            scale = 100.0 if col.metric in tables.PERCENT_METRICS else 1.0
-            assert float(out[col.header]) == pytest.approx(metrics[col.metric] * scale, rel=1e-5, abs=1e-6)
+            assert float(out[col.header]) == pytest.approx(metrics[col.metric], rel=1e-5, abs=1e-6)
             run_id = ids[f"{c.task}@{c.setting}"]
             assert run_id == json.loads((c.run_dir(params) / "run.json").read_text())["mlflow_run_id"]
             got = tracking.get_run(params, run_id)

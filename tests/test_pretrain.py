@@ -254,8 +254,10 @@ def test_missing_store_names_path_and_command(tiny, tmp_path):
 def test_sensor_the_model_lacks(tiny, tmp_path):
     from xgeo.pretrain.train import pretrain
 
+    # a group that names its modalities reads them all: a sensor the model lacks is an error, not a silent drop
     with pytest.raises(DataError, match=r"mdas\.zarr.*'dsm'.*model lacks"):
-        pretrain(tiny("model.sensors=[rgb, s2, s1]"), tmp_path / "run", steps=1)
+        pretrain(tiny("model.sensors=[rgb, s2, s1]", "pretrain.groups.mdas={datasets: [mdas], batch_size: 1, modalities: [rgb, dsm]}"),
+                 tmp_path / "run", steps=1)
     assert not (tmp_path / "run" / "last.ckpt").exists()
 
 
@@ -343,3 +345,18 @@ def test_missing_teacher_file_is_named(tiny, tmp_path):
     with pytest.raises(XGeoError, match=r"in22k\.pth not found: place the state dict of timm's 'swinv2_base_window12_192'"):
         pretrain(params, tmp_path / "run", steps=1)
     assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_model_sensors_select_the_groups_and_modalities_a_run_reads(load):
+    """Table 10's modality subsets are one model.sensors override: groups keep what the model can read."""
+    from xgeo.errors import XGeoError
+    from xgeo.pretrain.groups import effective_groups
+
+    full = effective_groups(load())
+    assert set(full) == {"rgb", "sen12ms", "mdas"} and all("modalities" not in g for g in full.values())
+    s1 = effective_groups(load(experiment="s1-only"))
+    assert s1 == {"sen12ms": {"datasets": ["sen12ms"], "batch_size": s1["sen12ms"]["batch_size"], "modalities": ["s1"]}}
+    no_rgb = effective_groups(load(experiment="no-rgb"))
+    assert set(no_rgb) == {"sen12ms", "mdas"} and no_rgb["mdas"]["modalities"] == ["dsm"]
+    with pytest.raises(XGeoError, match="no pretraining group reads"):
+        effective_groups(load("model.sensors=[wv3_pan]"))

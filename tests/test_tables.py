@@ -19,7 +19,7 @@ def params(load, tmp_path, root):
     results.mkdir()
     shutil.copy(root / "results" / "literature.csv", results / "literature.csv")
     return load(f"paths.runs={tmp_path}/results/runs", f"paths.results={results}",
-                f"tables.inits.in22k={tmp_path}/weights/in22k.pth")
+                f"finetune.weights.in22k={tmp_path}/weights/in22k.pth")
 
 
 def fake_run(params, cell, metrics, log=True):
@@ -37,10 +37,10 @@ def fake_run(params, cell, metrics, log=True):
 
 
 TASK_METRICS = {
-    "bigearthnet": lambda x: {"mAP_micro": 0.5 + x, "mAP_macro": 0.4 + x},
+    "bigearthnet": lambda x: {"mAP_micro": 50 + 100 * x, "mAP_macro": 40 + 100 * x},  # percent, as xgeo.metrics
     "sen12ms-cr": lambda x: {"MAE": 0.1 - x / 10, "SAM": 20.0 - x, "SSIM": 0.3 + x, "PSNR": 15.0},
     "spacenet2": lambda x: {"PSNR": 18.0 + x, "SSIM": 0.4 + x},
-    "vaihingen": lambda x: {"mIoU": 0.3 + x, "OA": 0.6},
+    "vaihingen": lambda x: {"mIoU": 30 + 100 * x, "OA": 60.0},
 }
 
 
@@ -66,7 +66,7 @@ def test_table3_values_paper_columns_cited_and_missing(params, tmp_path):
     xgeo = rows["XGeo|run"]
     c = tables.cell(spec["rows"][0], tables.BEN10)
     metrics = json.loads((c.run_dir(params) / "metrics.json").read_text())
-    assert float(xgeo["BEN 10% mAP_micro"]) == pytest.approx(metrics["mAP_micro"] * 100, abs=1e-6)
+    assert float(xgeo["BEN 10% mAP_micro"]) == pytest.approx(metrics["mAP_micro"], abs=1e-6)
     assert xgeo["BEN 10% mAP_micro [paper]"] == "87.5"
     assert float(xgeo["SEN12MS-CR SAM"]) == pytest.approx(20.0 - 0.02, abs=1e-6)
     assert xgeo["SEN12MS-CR SAM [paper]"] == "4.87"
@@ -82,6 +82,13 @@ def test_table3_values_paper_columns_cited_and_missing(params, tmp_path):
     in22k = rows["IN-22k|missing"]
     assert all(in22k[col.header] == "" for col in spec["columns"])
     assert "in22k.pth not supplied" in in22k["note"]
+
+    # the table's own MLflow experiment: one run per build with the CSV and the cells; cited runs tagged with their row
+    (table_run,) = tracking.search_runs(params, "table3")
+    assert table_run.data.metrics[tables._metric_key("XGeo", "BEN 10% mAP_micro")] == pytest.approx(float(xgeo["BEN 10% mAP_micro"]))
+    assert not any(k.startswith("SeCo/") for k in table_run.data.metrics)  # cited rows are not metrics of a run
+    assert ids[c] in table_run.data.tags["xgeo.cited_runs"]
+    assert tracking.get_run(params, ids[c]).data.tags["xgeo.table.table3"] == "XGeo"
 
     seco = rows["SeCo|cited"]
     assert seco["BEN 10% mAP_micro"] == "82.6" and seco["Vaihingen mIoU"] == "68.9" and seco["SEN12MS-CR MAE"] == ""
@@ -124,7 +131,7 @@ def test_required_cells_skip_inputs_that_cannot_exist(params, tmp_path):
     # Table 13: the fusion variant shares the base pretraining
     cells13 = tables.required_cells("table13", params)
     assert [c.setting for c in cells13] == ["f0.01-fusion_separate", "f0.01"]
-    assert tables.variant_overrides(params, "fusion_separate") == ['finetune.bigearthnet.fusion="separate"']
+    assert tables.variant_overrides(params, "fusion_separate") == ["finetune.bigearthnet.method=1"]
     assert tables.pretraining_of(params, "homogeneous") == "homogeneous"
 
 

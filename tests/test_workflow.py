@@ -86,3 +86,16 @@ def test_profile_paper_and_config_overrides(root, workdir):
     assert "--set profile=demo" in demo.stdout and "--set profile=paper" not in demo.stdout
     commands = [line for line in paper.stdout.splitlines() if " -m xgeo.cli " in line]
     assert commands and all("--set profile=paper" in c and "--set pretrain.steps=7" in c for c in commands)
+
+
+def test_dvc_pipeline_lists_every_table_and_shared_pretraining(root):
+    """`dvc repro` needs the committed .dvc/ and a dvc.yaml whose foreach stages resolve against params.yaml."""
+    dvc = Path(sys.executable).with_name("dvc")
+    res = subprocess.run([str(dvc), "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    stages = set(res.stdout.split())
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert {f"table@{t}" for t in params["tables"]["build"]} <= stages
+    assert {f"zarr@{d}" for d in params["data"]["datasets"]} <= stages
+    assert {"pretrain@xgeo", "pretrain@moe-cross100", "pretrain@s1-only"} <= stages

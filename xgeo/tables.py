@@ -1,7 +1,7 @@
 """The paper's tables (3, 4, 5, 6, 7, 10, 13, 14) built from finetuning runs and the cited literature.
 
 A table is rows x columns. A *run row* names a pretraining experiment (``experiments.<name>`` of params.yaml) and an
-initialisation (``random``, ``xgeo`` = that experiment's checkpoint, or a weight file named in ``tables.inits``); a
+initialisation (``random``, ``xgeo`` = that experiment's checkpoint, or a weight file named in ``finetune.weights``); a
 *column* names a downstream task, a training fraction, a metric of ``metrics.json`` and optionally a finetune
 *variant* (``tables.variants.<name>``: dotted overrides of the finetune settings, e.g. the fusion method of Table 13).
 Each cell is one finetuning run:
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,6 @@ from .errors import XGeoError
 from .io import write_text
 
 LITERATURE = Path("results/literature.csv")
-# metrics.json holds fractions in [0, 1] for these; the paper prints percentages
-PERCENT_METRICS = {"mAP_micro", "mAP_macro", "mIoU", "OA"}
 
 
 class TableError(XGeoError):
@@ -54,7 +53,7 @@ class Column:
 class Row:
     label: str                  # as in the paper
     experiment: str             # pretraining experiment (params experiments.<name>)
-    init: str                   # random | xgeo | a name in params tables.inits
+    init: str                   # random | xgeo | a name in params finetune.weights
     paper: str | None = None    # method name of the paper's own value in literature.csv
     variant: str | None = None  # finetune variant applied to every cell of the row (Table 13)
 
@@ -201,12 +200,13 @@ def variant_overrides(params: Mapping, variant: str | None) -> list[str]:
 
 
 def init_weights(params: Mapping, init: str) -> Path | None:
-    """The weight file of a named initialisation (``tables.inits.<name>``); None for random and xgeo."""
+    """The weight file of a named initialisation (``finetune.weights.<name>``); None for random and xgeo."""
     if init in ("random", "xgeo"):
         return None
-    inits = get_path(params, "tables.inits", {}) or {}
-    if init not in inits:
-        raise TableError(f"params tables.inits: no initialisation {init!r} (known: random, xgeo, {', '.join(inits)})")
+    inits = get_path(params, "finetune.weights", {}) or {}
+    if not inits.get(init):
+        raise TableError(f"params finetune.weights: no weight file for initialisation {init!r} "
+                         f"(known: random, xgeo, {', '.join(k for k, v in inits.items() if v)})")
     return Path(inits[init])
 
 
@@ -214,7 +214,7 @@ def missing_inputs(params: Mapping, c: Cell) -> str | None:
     """Why the run of cell ``c`` cannot be produced here (a weight file nobody supplied), or None when it can."""
     weights = init_weights(params, c.init)
     if weights is not None and not weights.exists():
-        return f"initial weights {weights} not supplied (tables.inits.{c.init}: put the timm state dict there)"
+        return f"initial weights {weights} not supplied (finetune.weights.{c.init}: put the timm state dict there)"
     teacher = experiment_overrides(params, pretraining_of(params, c.experiment)).get("pretrain.teacher")
     if teacher and not Path(teacher).exists():
         return (f"teacher weights {teacher} of experiment {pretraining_of(params, c.experiment)!r} not supplied "
@@ -276,8 +276,8 @@ def read_run(params: Mapping, c: Cell) -> dict | None:
 def metric_value(metrics: Mapping, metric: str, where: Path) -> float:
     if metric not in metrics:
         raise TableError(f"{where}/metrics.json: no metric {metric!r} (found: {sorted(metrics)})")
-    value = float(metrics[metric])
-    return value * 100.0 if metric in PERCENT_METRICS else value
+    # metrics.json holds mAP, mIoU and OA in percent, as the paper prints them (xgeo.metrics)
+    return float(metrics[metric])
 
 
 def _fmt(value: float | None) -> str:
@@ -361,6 +361,8 @@ def build_table(name: str, params: Mapping, out: Path | None = None) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     write_text(out, buf.getvalue())
+    if (params.get("mlflow") or {}).get("enabled"):
+        log_table_run(name, params, header, rows, out)
     missing = [r for r in rows if r["status"] in ("missing", "partial")]
     print(f"{name}: wrote {out} ({len(rows)} rows: "
           f"{sum(r['status'] == 'run' for r in rows)} reproduced, {len(missing)} missing or partial, "
@@ -368,6 +370,40 @@ def build_table(name: str, params: Mapping, out: Path | None = None) -> Path:
     for r in missing:
         print(f"  {r['method']}: {r['note']}")
     return out
+
+
+def _metric_key(*parts: str) -> str:
+    """An MLflow metric name (alphanumerics and _ - . space : / only) from a row label and a column header."""
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. :]", "_", p) for p in parts)
+
+
+def log_table_run(name: str, params: Mapping, header: list[str], rows: list[dict], csv_path: Path) -> str | None:
+    """One run in the MLflow experiment ``name`` (e.g. ``table3``) per build: the CSV as an artifact, each reproduced
+    cell as the metric ``<row>/<column>``, the cited run ids as tags; each cited run gets ``xgeo.table.<name>``."""
+    from . import tracking
+
+    cited: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    for row in rows:
+        if row["status"] == "cited":
+            continue
+        for col in header:
+            if col.endswith("[paper]") or col in ("method", "status", "source", "mlflow_run_ids", "note"):
+                continue
+            try:
+                metrics[_metric_key(row["method"], col)] = float(row.get(col, ""))
+            except (TypeError, ValueError):
+                pass  # missing cell: no number
+        for item in filter(None, row["mlflow_run_ids"].split(";")):
+            cited[item.rsplit(":", 1)[1]] = row["method"]
+    tags = {"xgeo.stage": "table", "xgeo.table": name,
+            "xgeo.cited_runs": ";".join(f"{label}:{rid}" for rid, label in cited.items())}
+    with tracking.start_run(params, experiment=name, run_name=name, tags=tags) as run:
+        run.log_metrics(metrics)
+        run.log_artifact(csv_path)
+    for run_id, label in cited.items():
+        tracking.set_tags(params, run_id, {f"xgeo.table.{name}": label})
+    return run.run_id
 
 
 def all_tables() -> Iterable[str]:

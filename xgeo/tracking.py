@@ -14,9 +14,13 @@ Why a lock: SQLite allows one writer; several processes writing through SQLAlche
 touches the store therefore takes an exclusive ``fcntl`` lock on ``<db>.lock`` beside the database, and a call
 that still meets "database is locked" (a reader outside xgeo, e.g. ``mlflow ui``) is retried with back-off.
 
-Experiments: one per stage (``pretrain``, ``finetune``); the table builders find runs through the ``mlflow_run_id``
-in each run directory's ``run.json`` and check it here (:func:`get_run`); the tags ``xgeo.stage``,
-``xgeo.experiment``, ``xgeo.task``, ``xgeo.init``, ``xgeo.fraction`` make the same runs searchable in the UI.
+Experiments: the runs of a stage live in ``pretrain`` and ``finetune`` (one finetuning run is often cited by several
+tables, e.g. Tables 3, 6, 7 and 13 share the XGeo row); each table has its own experiment (``table3``, ``table7``,
+...) holding one run per build of that table: the CSV as an artifact, every reproduced cell as a metric and the ids
+of the runs it cites as tags. The cited runs get the tag ``xgeo.table.<name>`` (their row), so filtering the
+finetune experiment by ``tags.`xgeo.table.table3``` lists exactly a table's runs. The table builders find runs through
+the ``mlflow_run_id`` in each run directory's ``run.json`` and check it here (:func:`get_run`); the tags
+``xgeo.stage``, ``xgeo.experiment``, ``xgeo.task``, ``xgeo.init``, ``xgeo.fraction`` make runs searchable in the UI.
 
 mlflow is imported lazily: importing it takes seconds, and ``xgeo --help`` or a disabled tracker should not pay that.
 """
@@ -287,6 +291,17 @@ def get_run(params: Mapping, run_id: str):
         return _locked_call(store, client.get_run, run_id)
     except MlflowException:
         return None
+
+
+def set_tags(params: Mapping, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Add tags to an existing run (the table builders mark the runs each table cites)."""
+    from mlflow.entities import RunTag
+
+    store = resolve_store(params)
+    client = _client(store)
+    items = [RunTag(str(k), _param_value(v)) for k, v in tags.items()]
+    if items:
+        _locked_call(store, client.log_batch, run_id, tags=items)
 
 
 def search_runs(params: Mapping, experiment: str, filter_string: str = "") -> list:

@@ -74,6 +74,11 @@ def pretrain_digest(wildcards):
     return digest({k: p.get(k) for k in ("seed", "data", "model", "pretrain")})
 
 
+def pretrain_run_dir(wildcards):
+    """Where a pretraining trains: one directory per experiment and settings, kept across interrupted jobs."""
+    return f"{CKPT}/{wildcards.experiment}/run-{pretrain_digest(wildcards)}"
+
+
 def finetune_digest(wildcards):
     p = exp_params(wildcards.experiment)
     return digest([p.get("seed"), p.get("finetune"), finetune_extra_sets(wildcards)])
@@ -85,7 +90,9 @@ def store(dataset):
 
 def pretrain_stores(wildcards):
     """The Zarr stores of the experiment's pretraining groups."""
-    groups = exp_params(wildcards.experiment)["pretrain"]["groups"]
+    from xgeo.pretrain.groups import effective_groups
+
+    groups = effective_groups(exp_params(wildcards.experiment))
     return sorted({store(d) for g in groups.values() for d in g["datasets"]})
 
 

@@ -10,6 +10,8 @@ def launcher(wildcards, resources):
 
 
 rule pretrain:
+    """Trains in run-<settings digest>/ (not an output, so an interrupted job keeps its checkpoint): rerun with
+    --rerun-incomplete it resumes from that run's last.ckpt; changed settings start a new run directory."""
     input:
         pretrain_stores,
     output:
@@ -20,13 +22,19 @@ rule pretrain:
     params:
         launcher=launcher,
         settings=pretrain_digest,
-        out=lambda w: f"{CKPT}/{w.experiment}",
+        run=pretrain_run_dir,
     threads: PARAMS["workflow"]["pretrain"]["threads"]
     resources:
         gpu=PARAMS["workflow"]["pretrain"]["gpu"],
         mem_mb=PARAMS["workflow"]["pretrain"]["mem_mb"],
     shell:
-        "{params.launcher} pretrain --experiment {wildcards.experiment} --out {params.out} {SETS} > {log} 2>&1"
+        """
+        resume=""
+        if [ -f {params.run}/last.ckpt ]; then resume=--resume; fi
+        {params.launcher} pretrain --experiment {wildcards.experiment} --out {params.run} $resume {SETS} > {log} 2>&1
+        ln -f {params.run}/last.ckpt {output.ckpt} 2>/dev/null || cp {params.run}/last.ckpt {output.ckpt}
+        cp {params.run}/metrics.jsonl {output.metrics}
+        """
 
 
 rule training_curves:
@@ -56,6 +64,6 @@ rule reconstructions:
             subcategory="{experiment}",
         ),
     params:
-        figures=lambda w: f"{CKPT}/{w.experiment}/figures",
+        figures=lambda w: f"{pretrain_run_dir(w)}/figures",
     shell:
         "{XGEO_PLOTS} gather {params.figures} {output}"

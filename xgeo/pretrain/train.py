@@ -507,7 +507,11 @@ def pretrain(params: dict, out: Path, steps: int | None = None, checkpoint_every
     from ..data.dataset import ZarrDataset
     from ..model import build_model
 
+    from .groups import effective_groups
+
     out = Path(out)
+    # the groups restricted to model.sensors (Table 10's modality subsets are one model.sensors override)
+    params = dict(params, pretrain=dict(params["pretrain"], groups=effective_groups(params)))
     cfg = params["pretrain"]
     total_steps = int(steps if steps is not None else cfg["steps"])
     ckpt_every = int(checkpoint_every if checkpoint_every is not None else cfg["checkpoint_every"])
