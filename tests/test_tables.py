@@ -139,7 +139,7 @@ def test_figure3_grid_and_png(params, tmp_path):
     from xgeo import plots
 
     c = tables.Cell("s1-only", "bigearthnet", "xgeo", 0.1, "bigearthnet_s1")
-    fake_run(params, c, {"mAP_micro": 0.625, "mAP_macro": 0.5}, log=False)
+    fake_run(params, c, {"mAP_micro": 62.5, "mAP_macro": 50.0}, log=False)  # percent, as xgeo.metrics
     grid = plots.figure3_grid(params)["BEN 10% mAP_micro"]["values"]
     assert grid[0, 0] == 62.5
     assert np.isnan(grid).sum() == grid.size - 1
