@@ -249,6 +249,9 @@ def test_checkpoint_with_other_sensors_or_channel_counts(load, zarr_dir, tmp_pat
     save_checkpoint(optical, build_model(load("model.sensors=[rgb, s2]")))
     with pytest.raises(CheckpointError, match=r"not for 's1', whose bands \['VV', 'VH'\] have no wavelength"):
         ft("bigearthnet", init=str(optical))
+    # Table 10's RGB row: finetune.new_sensors=adapt starts S1 from the mean of the checkpoint's kernels
+    _, out = ft("bigearthnet", "finetune.new_sensors=adapt", init=str(optical), steps=1, name="adapted")
+    assert "s1" in json.loads((out / "run.json").read_text())["adapted"]
     model = build_model(load())
     state = model.state_dict()
     state["patch_embeds.s2.proj.weight"] = state["patch_embeds.s2.proj.weight"][:, :12]

@@ -110,19 +110,25 @@ class Backbone(nn.Module):
         return feats, aux
 
 
-def _check_embeddings(model: nn.Module, path: Path, specs: Sequence[InputSpec], pretrained: bool) -> list[str]:
+def _check_embeddings(model: nn.Module, path: Path, specs: Sequence[InputSpec], pretrained: bool,
+                      new_sensors: str = "error") -> list[str]:
     """Sensors of ``specs`` missing from the model (to adapt); refuses an embedding of another width and, for a
-    pretrained model, a missing sensor with bands that have no wavelength to match (SAR, DSM)."""
+    pretrained model, a missing sensor with bands that have no wavelength to match (SAR, DSM), unless
+    ``new_sensors`` is ``adapt`` (``finetune.new_sensors``: those bands then start from the mean kernel of the
+    checkpoint's bands, as :func:`xgeo.model.embed.adapt_embedding` does, and are learnt in finetuning)."""
+    if new_sensors not in ("error", "adapt"):
+        raise XGeoError(f"params finetune.new_sensors is {new_sensors!r}; expected error or adapt")
     missing = []
     for spec in specs:
         sensor = get_sensor(spec.sensor)
         if spec.sensor not in model.patch_embeds:
             unmatched = [b.name for b in sensor.bands if b.wavelength_nm is None]
-            if pretrained and unmatched:
+            if pretrained and unmatched and new_sensors == "error":
                 raise CheckpointError(
                     f"{path}: the checkpoint has embeddings for {sorted(model.patch_embeds)}, not for "
                     f"{spec.sensor!r}, whose bands {unmatched} have no wavelength to adapt from; finetune from a "
-                    f"checkpoint pretrained with {spec.sensor} or leave {spec.key!r} out of the task's inputs")
+                    f"checkpoint pretrained with {spec.sensor}, leave {spec.key!r} out of the task's inputs, or "
+                    f"set finetune.new_sensors: adapt to start it from the mean of the checkpoint's kernels")
             missing.append(spec.sensor)
             continue
         conv = next(m for m in model.patch_embeds[spec.sensor].modules() if isinstance(m, nn.Conv2d))
@@ -155,7 +161,9 @@ def build_backbone(init: str, params: Mapping, specs: Sequence[InputSpec], image
         model = build_model(params)
     if kind == "timm":
         adapted = embed.load_timm_encoder(model, _read_state(path), [s.sensor for s in specs], source=path)
-    for sensor in _check_embeddings(model, path or Path("random init"), specs, pretrained=kind == "xgeo"):
+    new_sensors = str((params.get("finetune") or {}).get("new_sensors", "error"))
+    for sensor in _check_embeddings(model, path or Path("random init"), specs, pretrained=kind == "xgeo",
+                                    new_sensors=new_sensors):
         model.patch_embeds[sensor] = embed.adapt_embedding(model, sensor)
         adapted.append(sensor)
     model.set_input_size(image_size)
