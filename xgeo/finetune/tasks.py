@@ -10,6 +10,7 @@ are turned into steps with the size of the training subset.
 """
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ class FinetuneNet(nn.Module):
         return self.head(features, tuple(xs[0].shape[-2:])), aux
 
 
-class Task:
+class Task(abc.ABC):
     """Base of the four tasks. Subclasses set ``name``, ``dataset``, ``labels`` and implement the hooks."""
 
     name: str = ""
@@ -147,24 +148,26 @@ class Task:
         self.stats = {k: ds.stats(k) for k in ds.keys}
 
     # -- hooks -----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def input_specs(self) -> list[InputSpec]:
-        raise NotImplementedError
+        """Implemented by each task."""
 
     def read_keys(self) -> list[str]:
         """Store modalities a sample must carry (inputs and targets)."""
         return [i.key for i in self.input_specs()]
 
+    @abc.abstractmethod
     def build_head(self, channels: Sequence[int]) -> nn.Module:
-        raise NotImplementedError
+        """Implemented by each task."""
 
+    @abc.abstractmethod
     def step_loss(self, net: FinetuneNet, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(task loss, MoE aux loss) of one training batch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, net: FinetuneNet, ds, loader, out: Path) -> tuple[dict, dict, list]:
         """Metrics over the whole evaluation set ``ds`` (batched by ``loader``) ->
         (metrics, arrays for predictions.npz, [(matplotlib figure, artifact name)])."""
-        raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------------------------
     def spec_for(self, key: str) -> InputSpec:
@@ -252,11 +255,11 @@ class ImageTask(Task):
     metric = "SAM"
     lower_is_better = True
 
+    @abc.abstractmethod
     def prepare(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """-> (encoder inputs [(B, C_i, H, W)], target on [0, 1] (B, C_t, H, W), base on [0, 1] or None).
 
         The network predicts ``target - base`` when a base is given (pan-sharpening: the upsampled MUL)."""
-        raise NotImplementedError
 
     def build_head(self, channels: Sequence[int]) -> nn.Module:
         from .heads import SimMIMDecoder
@@ -324,9 +327,9 @@ class ImageTask(Task):
 
     scale_note = ""
 
+    @abc.abstractmethod
     def display_input(self, batch: dict, b: int) -> np.ndarray:
         """An input image (C, H, W) kept beside the prediction for the qualitative figure."""
-        raise NotImplementedError
 
     def figures(self, arrays: dict) -> list:
         return []
