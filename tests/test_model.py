@@ -96,6 +96,20 @@ def test_self_and_cross_sensor_targets(dense):
     assert float(own["rec_loss"]) != pytest.approx(float(cross["rec_loss"]))
 
 
+def test_decoder_is_simmim_conv_and_pixel_shuffle(dense):
+    """D_i runs as a matrix product but computes SimMIM's 1x1 conv + PixelShuffle, with the same parameter names."""
+    dec = dense.decoders["s2"]
+    assert [n for n, _ in dec.named_parameters()] == ["0.weight", "0.bias"]
+    z = torch.randn(2, dense.num_features, 2, 2, requires_grad=True)
+    ref = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(z, dec[0].weight, dec[0].bias), 32)
+    out = dec(z)
+    assert out.shape == (2, get_sensor("s2").num_bands, 64, 64) and torch.allclose(out, ref, atol=1e-5)
+    w = torch.randn_like(out)
+    g_out = torch.autograd.grad((out * w).sum(), [z, dec[0].weight])
+    g_ref = torch.autograd.grad((ref * w).sum(), [z, dec[0].weight])
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(g_out, g_ref))
+
+
 def test_forward_loss_exact_values(dense):
     target = torch.zeros(1, 2, 8, 8)
     pred = torch.zeros(1, 2, 8, 8)

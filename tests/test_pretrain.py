@@ -209,6 +209,36 @@ def test_cross_sensor_targets_reach_the_paired_decoder(tiny, ratio):
         assert 0.3 < frac < 0.7
 
 
+def test_grouped_decoding_equals_decoding_each_part(tiny):
+    """The objective decodes all parts a sensor's decoder reconstructs in one call; losses and gradients are those
+    of decoding every part on its own (the per-part formula of Eq. 1/2, through ``forward_loss``)."""
+    from xgeo.model import build_model
+    from xgeo.pretrain.train import CrossSensorObjective
+
+    params = tiny("pretrain.cross_ratio=0.5", "pretrain.groups.sen12ms.batch_size=6")
+    data, layouts = _step_data(params)
+    torch.manual_seed(0)
+    model = build_model(params)
+    objective = CrossSensorObjective(model, layouts, {"rgb": 1.0, "sen12ms": 2.0, "mdas": 0.5})
+    batch = data[1]
+    assert 0 < int(batch["sen12ms"]["cross"]["s1"].sum()) + int(batch["sen12ms"]["cross"]["s2"].sum()) < 12
+    g = torch.Generator().manual_seed(0)
+    jobs = []
+    for gname, layout in layouts.items():
+        for key in layout.sensors:
+            gb = batch[gname]
+            n = gb["images"][key].shape[0]
+            z = torch.randn(n, model.num_features, 2, 2, generator=g, requires_grad=True)
+            jobs.append((z, objective.targets(z, key, layout, gb)))
+    grouped = objective.reconstruction_losses([parts for _, parts in jobs])
+    grads = torch.autograd.grad(sum(grouped), [z for z, _ in jobs], retain_graph=True)  # parts' slices are reused
+    for (z, parts), loss, grad in zip(jobs, grouped, grads):
+        ref = sum(model.forward_loss(t.float(), model.forward_decoder(zp, s).float(), m) * share
+                  for s, zp, t, m, share in parts)
+        assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(grad, torch.autograd.grad(ref, z)[0], rtol=1e-4, atol=1e-8)
+
+
 # ---------------------------------------------------------------------------------------------- a short run
 def test_demo_run_loss_falls_and_writes_everything(tiny, tmp_path):
     from xgeo.pretrain.train import pretrain

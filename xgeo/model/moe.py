@@ -169,23 +169,32 @@ class MoE(nn.Module):
         return logits, logits
 
     def experts_forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-        """Dispatch kept token-choices into (E, C, d), run every expert with one bmm per layer, combine. -> (S, d).
+        """Dispatch kept token-choices into (E, C', d), run every expert with one bmm per layer, combine. -> (S, d).
 
-        Dropped choices go to a spare row past the buffer and come back as zeros: no boolean indexing, so no
-        host-device sync and a fixed shape for torch.compile.
+        C' is the capacity C on CUDA (static shapes: no host-device sync, one graph for torch.compile). On the CPU,
+        where reading a count costs nothing, C' is the largest number of kept choices of any expert: the rows past
+        it are padding in every expert, whose outputs tutel computes and throws away, so the result is the same
+        and the expert GEMMs skip up to (cf - 1) / cf of their rows (20 % at cf 1.25 with balanced routing).
+        Dropped choices are scattered to a spare row past the buffer (no boolean indexing) and gathered back from
+        row 0 with a zero weight.
         """
         S, d = x.shape
-        E, C, k = self.num_experts, routing.capacity, routing.experts.shape[1]
-        spare = E * C
-        row = torch.where(routing.kept, routing.experts * C + routing.slots, spare).reshape(-1)  # (S k,) token-major
+        E, k = self.num_experts, routing.experts.shape[1]
+        C = routing.capacity
+        if x.device.type == "cpu":
+            C = max(1, min(C, int(routing.slots.masked_fill(~routing.kept, -1).max()) + 1))
+        kept = routing.kept & (routing.slots < C)  # the same set: kept slots are < max kept slot + 1
+        rows = routing.experts * C + routing.slots  # (S, k) token-major
         src = x.repeat_interleave(k, dim=0) if k > 1 else x
+        spare = E * C
         # kept rows are unique; only the spare row accumulates (and is discarded)
-        buffer = x.new_zeros(spare + 1, d).index_put((row,), src, accumulate=True)[:spare].view(E, C, d)
+        dispatch = torch.where(kept, rows, spare).reshape(-1)
+        buffer = x.new_zeros(spare + 1, d).index_put((dispatch,), src, accumulate=True)[:spare].view(E, C, d)
         h = self.act(torch.baddbmm(self.b1.to(x.dtype), buffer, self.w1.to(x.dtype)))
         out = torch.baddbmm(self.b2.to(h.dtype), h, self.w2.to(h.dtype)).view(spare, d)
-        out = torch.cat([out, out.new_zeros(1, d)])
-        weight = (routing.gates * routing.kept).reshape(-1, 1).to(out.dtype)
-        return (out[row] * weight).view(S, k, d).sum(1)
+        weight = (routing.gates * kept).reshape(-1, 1).to(out.dtype)  # 0 for dropped choices
+        combine = torch.where(kept, rows, 0).reshape(-1)
+        return (out[combine] * weight).view(S, k, d).sum(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -80,6 +80,25 @@ def moe_block_indices(config: Mapping) -> list[tuple[int, int]]:
     return [(s, j) for s in stages for j in range(depths[s]) if j % every == every - 1]
 
 
+class SimMIMDecoder(nn.Sequential):
+    """SimMIM's decoder: 1x1 conv from C_m to stride^2 x C_i channels, then PixelShuffle(stride).
+
+    The 1x1 conv keeps its ``nn.Conv2d`` parameters (checkpoint names ``decoders.<sensor>.0.weight`` as in SimMIM) but
+    runs as one matrix product over the channels-last feature map: oneDNN's convolution re-lays out the
+    (32^2 C_i, C_m) weight on every call and its backward is slow for this shape (a few output pixels, thousands of
+    output channels). On the CPU the S2 decoder took about 50 ms per step as a convolution, 1-2 ms as a product
+    (``benchmarks/pretrain_step.py``, demo width).
+    """
+
+    def __init__(self, in_features: int, channels: int, stride: int = ENCODER_STRIDE) -> None:
+        super().__init__(nn.Conv2d(in_features, stride ** 2 * channels, kernel_size=1), nn.PixelShuffle(stride))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        conv, shuffle = self[0], self[1]
+        y = F.linear(z.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)  # (B, h, w, stride^2 C_i)
+        return shuffle(y.permute(0, 3, 1, 2))
+
+
 class XGeo(nn.Module):
     """Per-sensor embeddings f_i, shared SwinV2(+MoE) encoder En, per-sensor SimMIM decoders D_i.
 
@@ -115,8 +134,7 @@ class XGeo(nn.Module):
 
     def _decoder(self, channels: int) -> nn.Module:
         """D_i: (B, C_m, H/32, W/32) -> (B, C_i, H, W). SimMIM upstream hard-codes C_i = 3 (a known bug)."""
-        return nn.Sequential(nn.Conv2d(self.num_features, ENCODER_STRIDE ** 2 * channels, kernel_size=1),
-                             nn.PixelShuffle(ENCODER_STRIDE))
+        return SimMIMDecoder(self.num_features, channels)
 
     # ------------------------------------------------------------------------------------------ helpers
     def moe_layers(self) -> list[nn.Module]:

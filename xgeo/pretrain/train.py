@@ -38,6 +38,7 @@ from .. import __version__ as XGEO_VERSION
 from ..config import flatten
 from ..errors import CheckpointError, DataError, TrainingError, XGeoError
 from ..io import atomic_path, write_text
+from ..runtime import configure as configure_runtime
 from ..sensors import get_sensor
 from . import distributed as dist_utils
 from .masking import MaskGenerator, choose_cross
@@ -242,29 +243,49 @@ class CrossSensorObjective(nn.Module):
         self.layouts = layouts
         self.weights = weights
 
-    def reconstruct(self, z: torch.Tensor, sensor: str, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """SimMIM L1 of D_sensor(z) against ``target`` on masked pixels (normalised by the target's channels)."""
-        pred = self.model.forward_decoder(z, sensor)
-        return self.model.forward_loss(target.float(), pred.float(), mask)  # fp32 even under bf16 autocast
-
-    def reconstruction(self, z: torch.Tensor, key: str, layout: GroupLayout, gb: dict) -> torch.Tensor:
-        """Reconstruction loss of modality ``key`` of a group batch from its encoding z (B, C_m, h, w).
+    def targets(self, z: torch.Tensor, key: str, layout: GroupLayout, gb: dict) -> list[tuple]:
+        """What the encoding z (B, C_m, h, w) of modality ``key`` of a group batch is decoded to:
+        [(target sensor, z part, target image, mask, share of the batch)].
 
         Unpaired data reconstructs itself (Eq. 2). For a co-located pair (Eq. 1), the samples whose cross choice
         is set are decoded by the partner's decoder D_j against the partner's image; the two parts are weighted
-        by their share of the batch, so the result is the per-sample mean.
+        by their share of the batch, so the loss is the per-sample mean.
         """
         x, mask = gb["images"][key], gb["masks"][key]
         if key not in layout.partner:
-            return self.reconstruct(z, layout.sensors[key], x, mask)
+            return [(layout.sensors[key], z, x, mask, 1.0)]
         cross = gb["cross"][key]
         n = x.shape[0]
-        rec = 0.0
+        parts = []
         for sel, tkey in ((~cross, key), (cross, layout.partner[key])):
             m = int(sel.sum())
             if m:
-                rec = rec + self.reconstruct(z[sel], layout.sensors[tkey], gb["images"][tkey][sel], mask[sel]) * (m / n)
-        return rec
+                parts.append((layout.sensors[tkey], z[sel], gb["images"][tkey][sel], mask[sel], m / n))
+        return parts
+
+    def reconstruction_losses(self, jobs: list[list[tuple]]) -> list[torch.Tensor]:
+        """SimMIM L1 (masked pixels, normalised by the target's channels) of every entry's ``targets``.
+
+        One decoder call per target sensor for the whole step: the parts of every entry that a sensor's decoder
+        reconstructs are concatenated, decoded together, and split again for their losses (the decoders' weights
+        are large, 32^2 C_j x C_m; one product and one weight gradient each instead of one per part).
+        """
+        by_sensor: dict[str, list[tuple[int, tuple]]] = {}
+        for i, parts in enumerate(jobs):
+            for part in parts:
+                by_sensor.setdefault(part[0], []).append((i, part))
+        losses: list = [0.0] * len(jobs)
+        for sensor, items in by_sensor.items():
+            zs = [part[1] for _, part in items]
+            pred = self.model.forward_decoder(torch.cat(zs) if len(zs) > 1 else zs[0], sensor)
+            for (i, (_, _, target, mask, share)), p in zip(items, pred.split([z.shape[0] for z in zs])):
+                # fp32 even under bf16 autocast
+                losses[i] = losses[i] + self.model.forward_loss(target.float(), p.float(), mask) * share
+        return losses
+
+    def reconstruction(self, z: torch.Tensor, key: str, layout: GroupLayout, gb: dict) -> torch.Tensor:
+        """Reconstruction loss of modality ``key`` of a group batch from its encoding z (B, C_m, h, w)."""
+        return self.reconstruction_losses([self.targets(z, key, layout, gb)])[0]
 
     def encode(self, items: list[tuple[str, torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """En(f_i(I_i)) of every (sensor, x (B, C_i, H, W), mask (B, H/4, W/4)) of a step in ONE encoder pass.
@@ -307,9 +328,10 @@ class CrossSensorObjective(nn.Module):
         sums: dict[str, list] = {}  # sensor -> [sum of rec loss * n, n]
         rec_total = 0.0
         group_rec: dict[str, torch.Tensor] = {}
-        for (gname, key), z in zip(entries, zs):
+        recs = self.reconstruction_losses([self.targets(z, key, self.layouts[g], batch[g])
+                                           for (g, key), z in zip(entries, zs)])
+        for (gname, key), rec in zip(entries, recs):
             layout, gb = self.layouts[gname], batch[gname]
-            rec = self.reconstruction(z, key, layout, gb)
             n = gb["count"]
             s = sums.setdefault(layout.sensors[key], [0.0, 0])
             s[0] = s[0] + rec.detach() * n
@@ -546,6 +568,7 @@ def pretrain(params: dict, out: Path, steps: int | None = None, checkpoint_every
 def _run(params, out, cfg, stores, layouts, ckpt, info, total_steps, ckpt_every, log_every, seed,
          ZarrDataset, build_model) -> dict:
     device = info.device
+    configure_runtime(params, device.type)
     torch.manual_seed(seed)  # identical initial weights on every rank (DDP broadcasts rank 0's anyway)
     model = build_model(params).to(device)
     _check_against_model(model, stores, layouts, params)
