@@ -22,6 +22,7 @@ import torch
 
 from .. import tracking
 from ..io import write_bytes, write_json
+from ..runtime import configure as configure_runtime
 from .backbone import build_backbone
 from .loop import train
 from .tasks import FinetuneNet, get_task, task_settings
@@ -74,6 +75,7 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    configure_runtime(params, "cpu")  # finetuning runs on the CPU
     torch.manual_seed(int(params.get("seed", 0)))
     t = get_task(task, params)
     s = t.s
