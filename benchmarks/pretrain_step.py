@@ -6,8 +6,11 @@ false`` and the RGB sensor only, i.e. SimMIM on SwinV2. Both take the same optim
 AdamW, clipping). The XGeo batch holds every group of ``pretrain.groups`` (a co-located sample is two images, each
 through the encoder); the dense batch holds as many RGB images. Cost per image = 1 / (images per second).
 
-    .venv/bin/python benchmarks/pretrain_step.py [--sizes demo paper] [--steps 3] [--device cpu|cuda]
-        [--batch rgb=2,sen12ms=1,mdas=1 (paper width on the CPU)] [--json OUT]
+    .venv/bin/python benchmarks/pretrain_step.py [--configs demo:params demo:table11 paper:rgb=2,sen12ms=1,mdas=1]
+        [--steps 3] [--device cpu|cuda] [--allocator tuned|system] [--json OUT]
+
+A configuration is ``size:batch``; batch is ``params`` (params.yaml's per-group batch), ``table11`` (the per-GPU
+batch of overlays/paper.yaml: 128 RGB, 32 SEN12MS pairs, 12 MDAS pairs) or ``group=n,...``.
 
 Timing: both models in one process, their steps interleaved, median per model (robust on a shared machine).
 Peak memory: one step per model in a fresh process (RSS growth on the CPU, allocator peak on CUDA).
@@ -93,15 +96,18 @@ def _batch(params, dense: bool, device, img: int):
     return layouts, _to_device(batch, device), images
 
 
-def _setup(size: str, dense: bool, device, batch: dict | None):
+def _setup(size: str, dense: bool, device, batch: dict | None, allocator: str):
     """Model, objective, optimizer and one synthetic step batch; returns (step function, images per step, model)."""
     import torch
 
     from xgeo.model import build_model
     from xgeo.pretrain.train import CrossSensorObjective, _autocast, make_optimizer
+    from xgeo.runtime import configure
 
     torch.manual_seed(0)
     params = _params(size, dense, batch)
+    params["runtime"] = {"cpu_allocator": allocator}
+    configure(params, device.type)  # as `xgeo pretrain` does, before the model's tensors exist
     img = _img_size(params)
     model = build_model(params).to(device)
     layouts, data, images = _batch(params, dense, device, img)
@@ -132,15 +138,17 @@ def _setup(size: str, dense: bool, device, batch: dict | None):
     return step, images, model
 
 
-def measure_time(size: str, steps: int, device_name: str, batch: dict | None, queue) -> None:
+def measure_time(size: str, steps: int, warmup: int, device_name: str, batch: dict | None, allocator: str,
+                 queue) -> None:
     """Both models in one process, their steps interleaved (A B A B ...): a busy shared machine slows both alike.
-    Median seconds per step of each."""
+    Median seconds per step of each, after ``warmup`` untimed steps of each (at paper width on the CPU the first
+    three steps of XGeo run 1.3-3x slower than the later ones while the heap and oneDNN's caches fill)."""
     import statistics
 
     import torch
 
     device = torch.device(device_name)
-    runs = {dense: _setup(size, dense, device, batch) for dense in (False, True)}
+    runs = {dense: _setup(size, dense, device, batch, allocator) for dense in (False, True)}
     out = {}
     for dense, (step, images, model) in runs.items():
         flops = None
@@ -150,9 +158,11 @@ def measure_time(size: str, steps: int, device_name: str, batch: dict | None, qu
             with FlopCounterMode(display=False) as counter:
                 step()
             flops = counter.get_total_flops()
-        step()  # warm-up: allocations, autograd caches (and cuBLAS plans on CUDA)
         out[dense] = {"fwd_bwd": [], "opt": [], "images": images, "flops": flops,
                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    for _ in range(warmup):  # allocations, oneDNN / cuBLAS plans
+        for step, _, _ in runs.values():
+            step()
     for _ in range(steps):
         for dense, (step, _, _) in runs.items():
             fb, op = step()
@@ -163,12 +173,12 @@ def measure_time(size: str, steps: int, device_name: str, batch: dict | None, qu
                for dense, v in out.items()})
 
 
-def measure_memory(size: str, dense: bool, device_name: str, batch: dict | None, queue) -> None:
+def measure_memory(size: str, dense: bool, device_name: str, batch: dict | None, allocator: str, queue) -> None:
     """Peak memory of one step in a fresh process: CUDA allocator peak, or RSS growth over the step on the CPU."""
     import torch
 
     device = torch.device(device_name)
-    step, _, _ = _setup(size, dense, device, batch)
+    step, _, _ = _setup(size, dense, device, batch, allocator)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -189,19 +199,22 @@ def _in_subprocess(func, *args):
     return result
 
 
+def table11_groups() -> dict:
+    """pretrain.groups of params.yaml with overlays/paper.yaml (Table 11's per-GPU batch)."""
+    from xgeo.config import deep_merge, load_params, read_yaml
+
+    return deep_merge(load_params(ROOT / "params.yaml"), read_yaml(ROOT / "overlays" / "paper.yaml"))["pretrain"]["groups"]
+
+
 def paper_images_per_step(dense: bool) -> int:
     """Images one GPU encodes per step at Table 11's batch (a co-located sample is two images)."""
     from xgeo.catalog import get_dataset
-    from xgeo.config import deep_merge, load_params, read_yaml
 
-    params = deep_merge(load_params(ROOT / "params.yaml"), read_yaml(ROOT / "overlays" / "paper.yaml"))
-    groups = params["pretrain"]["groups"]
-    n = sum(g["batch_size"] * len(get_dataset(g["datasets"][0]).modalities) for g in groups.values())
-    return n
+    return sum(g["batch_size"] * len(get_dataset(g["datasets"][0]).modalities) for g in table11_groups().values())
 
 
-def run(size: str, steps: int, device: str, batch) -> list[dict]:
-    timing = _in_subprocess(measure_time, size, steps, device, batch)
+def run(size: str, steps: int, warmup: int, device: str, batch, allocator: str = "tuned") -> list[dict]:
+    timing = _in_subprocess(measure_time, size, steps, warmup, device, batch, allocator)
     rows = []
     for dense in (False, True):
         t = timing[dense]
@@ -213,34 +226,41 @@ def run(size: str, steps: int, device: str, batch) -> list[dict]:
             "fwd_bwd_ms_per_image": 1e3 * t["fwd_bwd_s"] / t["images"], "optimizer_s": t["opt_s"],
             # the optimizer's cost is per step (it scales with parameters, not images): spread over the paper's batch
             "ms_per_image_at_paper_batch": 1e3 * (t["fwd_bwd_s"] / t["images"] + t["opt_s"] / full),
-            "peak_mem_mib": _in_subprocess(measure_memory, size, dense, device, batch),
+            "peak_mem_mib": _in_subprocess(measure_memory, size, dense, device, batch, allocator),
             "params_m": t["params_m"], "flops_per_step": t["flops"], "device": device, "batch": batch,
+            "allocator": allocator,
         })
     return rows
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=["demo", "paper"])
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--paper-steps", type=int, default=2, help="timed steps at paper width on the CPU")
+    ap.add_argument("--configs", nargs="+", default=["demo:params", "demo:table11", "paper:rgb=2,sen12ms=1,mdas=1"],
+                    help="size:batch, batch = params | table11 | group=n,...")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--paper-steps", type=int, default=4, help="timed steps at paper width on the CPU")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps of each model before the timed ones")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch", default=None, help="per-group batch at demo width, e.g. rgb=16,sen12ms=4,mdas=2")
-    ap.add_argument("--paper-batch", default="rgb=2,sen12ms=1,mdas=1",
-                    help="per-group batch at paper width ('params' for params.yaml's)")
+    ap.add_argument("--allocator", default="tuned", choices=["tuned", "system"], help="runtime.cpu_allocator")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
     def parse(text):
-        if not text or text == "params":
+        if text == "params":
             return None
-        return {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
+        if text == "table11":
+            return {g: v["batch_size"] for g, v in table11_groups().items()}
+        try:
+            return {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
+        except ValueError:
+            ap.error(f"--configs: batch {text!r}; expected params, table11 or group=n,... (e.g. rgb=2,sen12ms=1)")
 
     rows = []
-    for size in args.sizes:
-        batch = parse(args.paper_batch if size == "paper" else args.batch)
+    for config in args.configs:
+        size, _, text = config.partition(":")
+        batch = parse(text or "params")
         steps = args.paper_steps if (size == "paper" and args.device == "cpu") else args.steps
-        pair = run(size, steps, args.device, batch)
+        pair = run(size, steps, args.warmup, args.device, batch, args.allocator)
         ratios = {k: pair[0][k] / pair[1][k] for k in ("fwd_bwd_ms_per_image", "ms_per_image_at_paper_batch")}
         ratios["step_per_image"] = pair[1]["images_per_s"] / pair[0]["images_per_s"]
         for r in pair:
@@ -252,12 +272,12 @@ def main(argv=None) -> list[dict]:
                 if peak:
                     r["mfu"] = r["flops_per_step"] / r["s_per_step"] / (peak * 1e12)
             rows.append(r)
-            print(f"{size:6s} {r['model']:27s} {r['images_per_step']:4d} img/step {r['s_per_step']:7.3f} s/step "
+            print(f"{config:32s} {r['model']:27s} {r['images_per_step']:4d} img/step {r['s_per_step']:7.3f} s/step "
                   f"({r['images_per_s']:7.2f} img/s; fwd+bwd {r['fwd_bwd_ms_per_image']:7.1f} ms/img, AdamW "
                   f"{r['optimizer_s']:6.3f} s/step; {r['ms_per_image_at_paper_batch']:7.1f} ms/img at the paper batch)"
                   f"  peak {r['peak_mem_mib']:6.0f} MiB  params {r['params_m']:6.1f} M"
                   + (f"  MFU {r['mfu']:.1%}" if r.get("mfu") else ""), flush=True)
-        print(f"{size:6s} XGeo / dense cost per image: whole step at this batch {ratios['step_per_image']:.2f}, "
+        print(f"{config:32s} XGeo / dense cost per image: whole step at this batch {ratios['step_per_image']:.2f}, "
               f"fwd+bwd {ratios['fwd_bwd_ms_per_image']:.2f}, at the paper batch "
               f"{ratios['ms_per_image_at_paper_batch']:.2f} (goal <= 1.15)", flush=True)
     if args.json:
