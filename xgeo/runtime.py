@@ -45,11 +45,16 @@ def _glibc_mallopt():
     return mallopt
 
 
+def _check(mode: str) -> str:
+    if mode not in CPU_ALLOCATORS:
+        raise XGeoError(f"params.yaml: runtime.cpu_allocator is {mode!r}; expected one of {list(CPU_ALLOCATORS)}")
+    return mode
+
+
 def configure_cpu_allocator(mode: str = "tuned") -> bool:
     """Apply ``runtime.cpu_allocator``; returns whether the glibc settings are in effect in this process."""
     global _tuned
-    if mode not in CPU_ALLOCATORS:
-        raise XGeoError(f"params.yaml: runtime.cpu_allocator is {mode!r}; expected one of {list(CPU_ALLOCATORS)}")
+    _check(mode)
     if mode == "system" or _tuned:
         return _tuned
     mallopt = _glibc_mallopt()
@@ -63,8 +68,6 @@ def configure_cpu_allocator(mode: str = "tuned") -> bool:
 def configure(params: Mapping, device_type: str = "cpu") -> dict:
     """Process settings for a training command on ``device_type``, from the ``runtime`` section of params."""
     runtime = params.get("runtime") or {}
-    mode = str(runtime.get("cpu_allocator", "tuned"))
-    if mode not in CPU_ALLOCATORS:  # checked on every device: a typo should not wait for a CPU run to surface
-        raise XGeoError(f"params.yaml: runtime.cpu_allocator is {mode!r}; expected one of {list(CPU_ALLOCATORS)}")
+    mode = _check(str(runtime.get("cpu_allocator", "tuned")))  # on every device: a typo should not wait for a CPU run
     tuned = configure_cpu_allocator(mode) if device_type == "cpu" else False
     return {"cpu_allocator": "tuned" if tuned else "system"}
