@@ -9,7 +9,9 @@
   The batched MoE expert weights are such tensors (E x d x 4d floats: 32 MiB per layer at paper width, 8 experts),
   and so are their gradients, created anew in every backward pass: writing one cost 19 ms instead of 11 ms
   (``benchmarks/README.md``). The price: memory freed during training is kept by the process for reuse rather
-  than returned to the system (peak RSS is unchanged). Elsewhere (macOS, musl) it does nothing.
+  than returned to the system, and the peak RSS of a step was 9-15 % higher in ``benchmarks/pretrain_step.py``
+  (paper width 3754 vs 3430 MiB, demo width at Table 11's batch 933 vs 812 MiB). Elsewhere (macOS, musl) it
+  does nothing.
 - ``system``: leave the C allocator as it is.
 
 CUDA tensors are unaffected (PyTorch's caching allocator already recycles device memory).

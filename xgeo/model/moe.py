@@ -183,7 +183,7 @@ class MoE(nn.Module):
         C = routing.capacity
         if x.device.type == "cpu":
             C = max(1, min(C, int(routing.slots.masked_fill(~routing.kept, -1).max()) + 1))
-        kept = routing.kept & (routing.slots < C)  # the same set: kept slots are < max kept slot + 1
+        kept = routing.kept  # every kept slot is < C'
         rows = routing.experts * C + routing.slots  # (S, k) token-major
         src = x.repeat_interleave(k, dim=0) if k > 1 else x
         spare = E * C
