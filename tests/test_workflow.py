@@ -99,3 +99,15 @@ def test_dvc_pipeline_lists_every_table_and_shared_pretraining(root):
     assert {f"table@{t}" for t in params["tables"]["build"]} <= stages
     assert {f"zarr@{d}" for d in params["data"]["datasets"]} <= stages
     assert {"pretrain@xgeo", "pretrain@moe-cross100", "pretrain@s1-only"} <= stages
+
+
+def test_finetune_rules_pass_their_gpus_on(root, workdir):
+    """workflow.finetune.gpu > 1: every finetune job runs under torchrun with one process per GPU."""
+    res = snakemake(root, workdir, "-n", "-p", "results/table3.csv", "--config",
+                    "workflow={finetune: {gpu: 2, threads: 1, mem_mb: 4000}}")
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if " finetune " in line and "xgeo.cli" in line]
+    assert len(lines) == 10
+    assert all("-m torch.distributed.run --standalone --nproc_per_node 2 -m xgeo.cli finetune" in c for c in lines)
+    one = snakemake(root, workdir, "-n", "-p", "results/table3.csv")
+    assert "torch.distributed.run" not in one.stdout

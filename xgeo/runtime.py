@@ -73,3 +73,46 @@ def configure(params: Mapping, device_type: str = "cpu") -> dict:
     mode = _check(str(runtime.get("cpu_allocator", "tuned")))  # on every device: a typo should not wait for a CPU run
     tuned = configure_cpu_allocator(mode) if device_type == "cpu" else False
     return {"cpu_allocator": "tuned" if tuned else "system"}
+
+
+# ------------------------------------------------------------------------------------------ device and precision
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "bf16", "fp32")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def select_device(requested: str, key: str, local_rank: int = 0):
+    """The torch device of ``requested`` (auto | cpu | cuda, read from params ``key``): ``auto`` is CUDA when
+    present, else the CPU; ``cuda`` without a CUDA device is an error naming the key. Under torchrun each process
+    takes GPU ``LOCAL_RANK`` (modulo the visible count)."""
+    import torch
+
+    requested = str(requested)
+    if requested not in DEVICES:
+        raise XGeoError(f"params {key}: expected one of {list(DEVICES)}, found {requested!r}")
+    if requested == "cpu" or (requested == "auto" and not cuda_available()):
+        return torch.device("cpu")
+    if not cuda_available():
+        raise XGeoError(f"params {key} is 'cuda' but torch sees no CUDA device (torch {torch.__version__}, "
+                        f"CUDA build {torch.version.cuda or 'none'}); set {key}: auto or cpu, or run on a GPU node")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def autocast(amp: str, device, key: str):
+    """The autocast context of ``amp`` (auto | bf16 | fp32, params ``key``) on ``device``: ``auto`` is bf16 on CUDA
+    and fp32 elsewhere; ``bf16`` autocasts on any device."""
+    import contextlib
+
+    import torch
+
+    amp = str(amp)
+    if amp not in AMP_MODES:
+        raise XGeoError(f"params {key}: expected one of {list(AMP_MODES)}, found {amp!r}")
+    if amp == "fp32" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -1,5 +1,15 @@
 # Finetune-evaluate: one rule per downstream task, parameterised by experiment, init and setting (fraction[-variant]).
 #   results/runs/{experiment}/{task}/{init}/f{fraction}[-{variant}]/{metrics.json, predictions.npz, run.json}
+# workflow.finetune.gpu: the job's GPUs; more than one runs the task data-parallel under torchrun (evaluation on rank 0).
+
+
+def finetune_launcher(wildcards, resources):
+    """One process per GPU under torchrun when the job has more than one GPU; the plain CLI otherwise."""
+    if resources.gpu > 1:
+        return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
+                f"--nproc_per_node {resources.gpu} -m xgeo.cli")
+    return XGEO
+
 
 for _task in TASKS:
 
@@ -16,6 +26,7 @@ for _task in TASKS:
             f"logs/finetune/{{experiment}}/{_task}/{{init}}/f{{setting}}.log",
         params:
             task=_task,
+            launcher=finetune_launcher,
             settings=finetune_digest,
             init=lambda w, input: input.get("weights", "random"),
             fraction=lambda w: split_setting(w.setting)[0],
@@ -26,5 +37,5 @@ for _task in TASKS:
             gpu=PARAMS["workflow"]["finetune"]["gpu"],
             mem_mb=PARAMS["workflow"]["finetune"]["mem_mb"],
         shell:
-            "{XGEO} finetune {params.task} --init {params.init} --out {params.out} --fraction {params.fraction}"
+            "{params.launcher} finetune {params.task} --init {params.init} --out {params.out} --fraction {params.fraction}"
             " --experiment {wildcards.experiment} {SETS} {params.variant} > {log} 2>&1"

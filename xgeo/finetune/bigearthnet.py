@@ -121,8 +121,8 @@ class BigEarthNet(Task):
         net.eval()
         scores, targets, index = [], [], []
         for batch in loader:
-            logits, _ = net(self._inputs(batch))
-            scores.append(torch.sigmoid(logits).float().numpy())
+            logits, _ = net([x.to(self.device) for x in self._inputs(batch)])
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
             self._check(batch[f"labels/{LABEL}"])
             targets.append(batch[f"labels/{LABEL}"].numpy().astype(np.uint8))
             index.append(batch["index"].numpy())

@@ -9,9 +9,10 @@ position-bias MLP and logit scales take no weight decay. Schedule: linear warm-u
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from typing import Callable, Iterator, Mapping
+from typing import Callable, ContextManager, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -90,39 +91,63 @@ def make_optimizer(model: nn.Module, s: Mapping) -> torch.optim.Optimizer:
 
 
 def infinite(loader) -> Iterator:
+    """The loader's batches, epoch after epoch (a DistributedSampler is told the epoch, so each one reshuffles)."""
+    epoch = 0
     while True:
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
         yield from loader
+        epoch += 1
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Every tensor of a loader batch on ``device`` (the rest as it is)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def train(model: nn.Module, step_loss: Callable[[dict], torch.Tensor], loader, s: Mapping, steps: int,
-          desc: str = "finetune", log: Callable[[dict, int], None] | None = None, log_every: int = 10) -> list[float]:
+          desc: str = "finetune", log: Callable[[dict, int], None] | None = None, log_every: int = 10,
+          device: torch.device | None = None, precision: Callable[[], ContextManager] = contextlib.nullcontext,
+          mean_loss: Callable[[torch.Tensor], float] | None = None,
+          on_step: Callable[[int, nn.Module], None] | None = None, progress: bool = True) -> list[float]:
     """Run ``steps`` AdamW steps of ``step_loss(batch) -> scalar loss``; returns the loss of every step.
 
+    ``model`` owns the parameters (the optimiser's); ``step_loss`` may run it through a DDP or compiled wrapper.
+    Batches go to ``device``; the forward runs under ``precision()`` (autocast). ``mean_loss`` turns a step's loss
+    into the number logged (under DDP: the mean over ranks, so every rank sees the same value and stops on the
+    same step). ``on_step(step, model)`` is called after every optimiser step (1-based).
     Raises TrainingError on a non-finite loss (naming the step), so a bad learning rate does not write metrics.
     """
+    device = device or torch.device("cpu")
     opt = make_optimizer(model, s)
     sched = dict(s, steps=steps)
     losses: list[float] = []
     model.train()
     batches = infinite(loader)
-    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for step in bar:
         lr = lr_at(step, sched)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        loss = step_loss(next(batches))
-        if not torch.isfinite(loss):
-            raise TrainingError(f"{desc}: the loss became {float(loss)} at step {step}; lower finetune lr "
+        with precision():
+            loss = step_loss(to_device(next(batches), device))
+        value = mean_loss(loss) if mean_loss is not None else float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(f"{desc}: the loss became {value} at step {step}; lower finetune lr "
                                 f"(now {s['lr']}) or check the inputs")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if s.get("clip_grad"):
             nn.utils.clip_grad_norm_(model.parameters(), float(s["clip_grad"]))
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(value)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         if log is not None and (step % log_every == 0 or step == steps - 1):
             log({"train_loss": losses[-1], "lr": lr}, step)
+        if on_step is not None:
+            on_step(step + 1, model)
     return losses
 
 
@@ -138,13 +163,16 @@ def positions(length: int, window: int, stride: int) -> list[int]:
 
 @torch.no_grad()
 def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int, stride: int,
-                   batch: int = 8) -> torch.Tensor:
+                   batch: int = 8, device: torch.device | None = None) -> torch.Tensor:
     """Dense prediction of an image of any size with a model that takes ``window`` x ``window`` inputs.
 
-    image: (C, H, W) -> (K, H, W), the mean of the outputs of every window covering a pixel. An image smaller
-    than the window is padded (replicated edge) and the output cropped back.
+    image: (C, H, W) -> (K, H, W) float32 on the image's device, the mean of the outputs of every window covering
+    a pixel. The windows go to ``device`` (the model's; default: the image's) in chunks of ``batch`` and the sums
+    are kept there in float32 (an autocast model's bf16 outputs are not summed in bf16). An image smaller than the
+    window is padded (replicated edge) and the output cropped back.
     """
     c, h, w = image.shape
+    device = device or image.device
     ph, pw = max(0, window - h), max(0, window - w)
     if ph or pw:
         image = F.pad(image[None], (0, pw, 0, ph), mode="replicate")[0]
@@ -153,11 +181,11 @@ def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tens
     out = count = None
     for i in range(0, len(boxes), batch):
         chunk = boxes[i:i + batch]
-        pred = fn(torch.stack([image[:, y:y + window, x:x + window] for y, x in chunk]))
+        pred = fn(torch.stack([image[:, y:y + window, x:x + window] for y, x in chunk]).to(device)).float()
         if out is None:
             out = pred.new_zeros(pred.shape[1], H, W)
             count = pred.new_zeros(1, H, W)
         for (y, x), p in zip(chunk, pred):
             out[:, y:y + window, x:x + window] += p
             count[:, y:y + window, x:x + window] += 1
-    return (out / count)[:, :h, :w]
+    return (out / count)[:, :h, :w].to(image.device)

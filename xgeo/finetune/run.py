@@ -6,22 +6,34 @@ Writes (atomically) ``DIR/metrics.json`` (the task's metrics under the names of 
 ``xgeo.metrics.from_predictions`` recomputes the metrics from it) and ``DIR/run.json`` (mlflow_run_id, task, init,
 fraction, experiment, protocol, steps, seconds). Logs params, metrics, per-class scores and the qualitative
 figures to MLflow (experiment ``finetune``).
+
+Device (``finetune.device``: auto | cpu | cuda), precision (``finetune.amp``: auto = bf16 autocast on CUDA, fp32 on
+the CPU) and ``finetune.compile`` (torch.compile of the training forward) as pretraining has them. Under
+``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) training is data-parallel (DDP; a DistributedSampler gives each
+process ``batch_size / N`` samples of every step, so ``batch_size`` stays the global batch); the evaluation runs
+on rank 0 alone, on the whole evaluation set, with the unwrapped network (the same metrics as one process), and
+only rank 0 writes metrics.json, predictions.npz, run.json and the MLflow run.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from .. import tracking
 from ..io import write_bytes, write_json
+from ..errors import XGeoError
+from ..runtime import autocast, select_device
 from ..runtime import configure as configure_runtime
 from .backbone import build_backbone
 from .loop import train
@@ -56,28 +68,107 @@ def _numeric(metrics: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def _loader(ds, batch_size: int, shuffle: bool, params: Mapping, drop_last: bool = False):
-    gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a torchrun launch (rank 0 of 1 without one) and its device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise XGeoError(f"environment variable {name}: expected an integer, found {value!r}") from None
+
+
+def setup_processes(params: Mapping) -> Processes:
+    """The device of ``finetune.device`` and, under torchrun (WORLD_SIZE > 1), the process group (NCCL on CUDA,
+    gloo on the CPU)."""
+    world, rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    device = select_device((params.get("finetune") or {}).get("device", "auto"), "finetune.device", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Processes(rank, local, world, device)
+
+
+def _mean_over_ranks(procs: Processes) -> Callable[[torch.Tensor], float]:
+    def mean(loss: torch.Tensor) -> float:
+        t = loss.detach().float().reshape(1)
+        torch.distributed.all_reduce(t)
+        return float(t) / procs.world_size
+
+    return mean
+
+
+def _loader(ds, batch_size: int, shuffle: bool, params: Mapping, drop_last: bool = False,
+            procs: Processes | None = None, shard: bool = False):
+    """Batches of ``ds``; ``shard``: this rank's part of each epoch (a DistributedSampler) under torchrun."""
+    seed = int(params.get("seed", 0))
     workers = int(params["finetune"].get("num_workers", 0))
+    pin = procs is not None and procs.device.type == "cuda"
+    if shard and procs is not None and procs.world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=procs.world_size, rank=procs.rank,
+                                                      shuffle=shuffle, seed=seed)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                           drop_last=drop_last, pin_memory=pin)
+    gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       num_workers=workers, drop_last=drop_last)
+                                       num_workers=workers, drop_last=drop_last, pin_memory=pin)
+
+
+def _rank_batch(task: str, batch_size: int, n_train: int, world: int) -> int:
+    """Samples per process and step: the global ``batch_size`` (at most the training set) split over ``world``."""
+    if batch_size % world:
+        raise XGeoError(f"params finetune.{task}.batch_size is {batch_size}; under torchrun with {world} processes "
+                        f"it must be a multiple of {world} (it is the global batch, split over the processes)")
+    per_rank = batch_size // world
+    return max(1, min(per_rank, n_train // world))
 
 
 def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float | None = None,
-             steps: int | None = None) -> dict:
-    """Finetune ``task`` from ``init`` and evaluate it; returns the metrics dict written to ``out/metrics.json``.
+             steps: int | None = None, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
+    """Finetune ``task`` from ``init`` and evaluate it; returns the metrics dict written to ``out/metrics.json``
+    (an empty dict on the ranks other than 0 of a torchrun launch, which train and leave the evaluation to rank 0).
 
     task: bigearthnet | vaihingen | sen12ms-cr | spacenet2; init: random | PATH of an xgeo checkpoint | PATH of a
     timm Swin/SwinV2 state dict | a name of ``finetune.weights``; fraction: of the training split (BigEarthNet);
     steps: optimiser steps (default: the task's ``steps``, or ``epochs`` x steps per epoch); 0 evaluates the
-    initialised network untrained.
+    initialised network untrained; on_step(step, network): called after every optimiser step.
     """
     started = time.time()
     out = Path(out)
+    ft = params["finetune"]
+    amp, compile_ = str(ft.get("amp", "auto")), bool(ft.get("compile", False))
+    procs = setup_processes(params)
+    try:
+        return _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, compile_, started)
+    finally:
+        if procs.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, compile_, started) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    configure_runtime(params, "cpu")  # finetuning runs on the CPU
-    torch.manual_seed(int(params.get("seed", 0)))
+    configure_runtime(params, procs.device.type)
+    autocast(amp, procs.device, "finetune.amp")  # a bad value fails before any work
+    seed = int(params.get("seed", 0))
+    torch.manual_seed(seed)  # the same initial weights on every rank
     t = get_task(task, params)
+    t.device = procs.device
+    if procs.rank:
+        t.gen.manual_seed(int(np.random.SeedSequence([seed, procs.rank]).generate_state(1)[0]))  # own crops and flips
     s = t.s
     train_idx, subset = t.train_indices(fraction, out)
     train_ds = t.make_dataset("train", train_idx)
@@ -92,24 +183,47 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
     settings = dict(s, warmup_steps=min(warm, total), steps=total)
 
     backbone, init_info = build_backbone(init, params, t.input_specs(), t.image_size, t.s)
-    net = FinetuneNet(backbone, t.build_head(backbone.channels))
+    net = FinetuneNet(backbone, t.build_head(backbone.channels)).to(procs.device)
+    if procs.rank:
+        # the ranks' own streams for what the model draws (MoE gate noise, drop path); weights are already equal
+        torch.manual_seed(int(np.random.SeedSequence([seed, procs.rank, 2]).generate_state(1)[0]))
+    trained = net
+    if procs.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # a step need not use every parameter (an expert that got no token)
+        trained = DDP(net, device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+                      find_unused_parameters=True)
+    if compile_:
+        trained = torch.compile(trained)
+
     def step_loss(batch):
-        loss, aux = t.step_loss(net, batch)
+        loss, aux = t.step_loss(trained, batch)
         return loss + aux  # the model's aux loss is already weighted (model.moe.aux_weight)
 
-    batch_size = min(int(s["batch_size"]), len(train_ds))
+    batch_size = _rank_batch(task, int(s["batch_size"]), len(train_ds), procs.world_size)
     run_name = f"{task}/{init_info['init']}/" + (f"f{subset['fraction']}" if subset.get("fraction") is not None
                                                   else subset.get("subset", "all").replace(" ", "_"))
     tags = {"xgeo.stage": "finetune", "xgeo.task": task, "xgeo.init": init_info["init"],
             "xgeo.fraction": subset.get("fraction"), "xgeo.protocol": t.protocol}
-    with tracking.start_run(params, experiment=EXPERIMENT, run_name=run_name,
-                            tags={k: v for k, v in tags.items() if v is not None}) as run:
+    run_ctx = (tracking.start_run(params, experiment=EXPERIMENT, run_name=run_name,
+                                  tags={k: v for k, v in tags.items() if v is not None})
+               if procs.is_main else contextlib.nullcontext(tracking.NoOpRun()))
+    with run_ctx as run:
         run.log_params({"task": task, "init": init, "steps": total, "finetune": settings, "model": params["model"],
-                        "subset": subset, "protocol": t.protocol})
-        losses = train(net, step_loss, _loader(train_ds, batch_size, True, params, drop_last=True), settings, total,
-                       desc=f"finetune {task}", log=run.log_metrics, log_every=int(params["finetune"].get("log_every", 10)))
-        result, arrays, figures = t.evaluate(net, eval_ds, _loader(eval_ds, int(params["finetune"]["eval_batch_size"]),
-                                                                  False, params), out)
+                        "subset": subset, "protocol": t.protocol, "device": str(procs.device), "amp": amp,
+                        "processes": procs.world_size})
+        loader = _loader(train_ds, batch_size, True, params, drop_last=True, procs=procs, shard=True)
+        losses = train(net, step_loss, loader, settings, total, desc=f"finetune {task}", log=run.log_metrics,
+                       log_every=int(params["finetune"].get("log_every", 10)), device=procs.device,
+                       precision=lambda: autocast(amp, procs.device, "finetune.amp"),
+                       mean_loss=_mean_over_ranks(procs) if procs.world_size > 1 else None, on_step=on_step,
+                       progress=procs.is_main)
+        if not procs.is_main:
+            return {}
+        with autocast(amp, procs.device, "finetune.amp"):
+            result, arrays, figures = t.evaluate(net, eval_ds, _loader(eval_ds, int(params["finetune"]["eval_batch_size"]),
+                                                                      False, params, procs=procs), out)
         result = dict(result, task=task, protocol=t.protocol, metric=t.metric,
                       final_train_loss=losses[-1] if losses else None)
         run.log_metrics(_numeric(result))
@@ -127,6 +241,6 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
                 "fraction": subset.get("fraction"), "subset": subset, "experiment": params.get("experiment"),
                 "protocol": t.protocol, "steps": total, "seconds": round(time.time() - started, 2),
                 "method": s.get("method"), "inputs": [i.key for i in t.input_specs()], "adapted": init_info["adapted"],
-                "profile": params.get("profile")}
+                "profile": params.get("profile"), "device": procs.device.type, "processes": procs.world_size}
         write_json(out / "run.json", _jsonable(info))
     return result

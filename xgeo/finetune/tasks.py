@@ -142,6 +142,7 @@ class Task(abc.ABC):
         self.image_size = int(self.s["image_size"])
         self.gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per modality (mean, std), set by bind()
+        self.device = torch.device("cpu")  # where the network runs (set by xgeo.finetune.run); batches come on the CPU
 
     def bind(self, ds) -> None:
         """Take the normalisation statistics of the store from a ZarrDataset of it."""
@@ -179,8 +180,8 @@ class Task(abc.ABC):
 
     def unit(self, key: str, x: torch.Tensor) -> torch.Tensor:
         """Normalised modality ``key`` (B, C, H, W) -> the sensor's units -> [0, 1] (see :func:`to_unit`)."""
-        mean, std = self.stats[key]
-        raw = x * torch.from_numpy(std)[:, None, None] + torch.from_numpy(mean)[:, None, None]
+        mean, std = (torch.from_numpy(a).to(x.device)[:, None, None] for a in self.stats[key])
+        raw = x * std + mean
         return to_unit(raw, self.modalities[key]["sensor"])
 
     @property
@@ -284,8 +285,8 @@ class ImageTask(Task):
         sizes = [x.shape[1] for x in xs]
         stride = int(self.s.get("eval_stride") or self.image_size // 2)
         fn = lambda t: net(list(torch.split(t, sizes, 1)))[0]  # noqa: E731
-        preds = torch.stack([sliding_window(fn, torch.cat([x[b] for x in xs]), self.image_size, stride)
-                             for b in range(xs[0].shape[0])])
+        preds = torch.stack([sliding_window(fn, torch.cat([x[b] for x in xs]), self.image_size, stride,
+                                            device=self.device) for b in range(xs[0].shape[0])])
         if base is not None:
             preds = preds + base
         return preds.clamp(0.0, 1.0)

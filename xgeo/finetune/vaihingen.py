@@ -75,7 +75,7 @@ class Vaihingen(Task):
         xs = [pad_to(batch[i.key], self.image_size) for i in self.input_specs()]
         y = F.pad(y, (0, xs[0].shape[-1] - y.shape[-1], 0, xs[0].shape[-2] - y.shape[-2]), value=self.ignore_index)
         *xs, y = random_crop([*xs, y], self.image_size, self.gen)
-        flip = torch.rand(y.shape[0], generator=self.gen) < 0.5
+        flip = (torch.rand(y.shape[0], generator=self.gen) < 0.5).to(y.device)
         xs = [torch.where(flip[:, None, None, None], x.flip(-1), x) for x in xs]
         y = torch.where(flip[:, None, None], y.flip(-1), y)
         logits, aux = net(xs)
@@ -120,7 +120,7 @@ class Vaihingen(Task):
                 label[r:r + th, c:c + tw] = y
                 covered[r:r + th, c:c + tw] += 1
             overlap |= bool((covered > 1).any())
-            pred = sliding_window(fn, image, self.image_size, stride).argmax(0)
+            pred = sliding_window(fn, image, self.image_size, stride, device=self.device).argmax(0)
             meter.update(pred, label)  # each pixel of the area once, however many tiles cover it
             for pos, r, c in tiles:
                 if pos in keep:
