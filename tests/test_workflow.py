@@ -111,3 +111,21 @@ def test_finetune_rules_pass_their_gpus_on(root, workdir):
     assert all("-m torch.distributed.run --standalone --nproc_per_node 2 -m xgeo.cli finetune" in c for c in lines)
     one = snakemake(root, workdir, "-n", "-p", "results/table3.csv")
     assert "torch.distributed.run" not in one.stdout
+
+
+def test_paper_profile_runs_the_plan_before_training(root, workdir):
+    """Under profile=paper each experiment's `xgeo plan` precedes its pretraining and finetuning jobs; a plan that
+    fails stops the run before any of them starts."""
+    res = snakemake(root, workdir, "-n", "-p", "results/table3.csv", "--config", "profile=paper")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["plan"] == 1 and counts["pretrain"] == 1
+    assert "plan --no-stores --no-measure --experiment xgeo" in res.stdout
+    dag = snakemake(root, workdir, "--dag", "dot", "--config", "profile=paper", "--", "results/table3.csv")
+    nodes = dict(re.findall(r'(\d+)\[label = "(\w+)', dag.stdout))
+    edges = re.findall(r"(\d+) -> (\d+)", dag.stdout)
+    after_plan = {nodes[b] for a, b in edges if nodes[a] == "plan"}
+    assert {"pretrain", "finetune_bigearthnet", "finetune_vaihingen", "finetune_sen12ms_cr",
+            "finetune_spacenet2"} <= after_plan
+    demo = snakemake(root, workdir, "-n", "results/table3.csv")
+    assert "plan" not in job_counts(demo.stdout)

@@ -182,6 +182,24 @@ def finetune_cmd(task: str, init: str, out: str, fraction: float | None, steps: 
     finetune(task, init, Path(out), params, fraction=fraction, steps=steps)
 
 
+# ----------------------------------------------------------------------------------------------------------- plan
+@main.command("plan")
+@click.option("--no-stores", is_flag=True, help="read no store: stored sizes from params (before the data exist)")
+@click.option("--no-measure", is_flag=True, help="skip the timed steps on CUDA")
+@params_options
+def plan_cmd(no_stores: bool, no_measure: bool, params: dict) -> None:
+    """Print each stage's concrete settings and fail, one line per problem, on a broken invariant."""
+    from .plan import make_plan
+
+    plan = make_plan(params, stores=not no_stores, measure=not no_measure)
+    click.echo(plan.text())
+    if plan.problems:
+        for problem in plan.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(2)
+    click.echo("plan: ok")
+
+
 # --------------------------------------------------------------------------------------------------------- tables
 @main.command("table")
 @click.argument("name")

@@ -18,6 +18,7 @@ for _task in TASKS:
             f"finetune_{_task.replace('-', '_')}"
         input:
             unpack(finetune_inputs(_task)),
+            plan=plan_check,
         output:
             metrics=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/metrics.json",
             predictions=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/predictions.npz",

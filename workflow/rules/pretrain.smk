@@ -14,6 +14,7 @@ rule pretrain:
     --rerun-incomplete it resumes from that run's last.ckpt; changed settings start a new run directory."""
     input:
         pretrain_stores,
+        plan=plan_check,
     output:
         ckpt=f"{CKPT}/{{experiment}}/last.ckpt",
         metrics=f"{CKPT}/{{experiment}}/metrics.jsonl",
