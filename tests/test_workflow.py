@@ -129,3 +129,21 @@ def test_paper_profile_runs_the_plan_before_training(root, workdir):
             "finetune_spacenet2"} <= after_plan
     demo = snakemake(root, workdir, "-n", "results/table3.csv")
     assert "plan" not in job_counts(demo.stdout)
+
+
+def test_pretrain_launcher_per_node_count(root, workdir):
+    """One node with several GPUs: torchrun --standalone; nodes > 1: srun starts one torchrun per node, meeting at
+    a c10d rendezvous on the allocation's first node."""
+    multi = snakemake(root, workdir, "-n", "-p", "--config",
+                      "workflow={pretrain: {gpu: 4, nodes: 2, threads: 2, mem_mb: 8000}}", "--",
+                      "checkpoints/xgeo/last.ckpt")
+    assert multi.returncode == 0, multi.stderr
+    line = next(x for x in multi.stdout.splitlines() if " pretrain --experiment xgeo" in x)
+    assert line.strip().startswith("srun --nodes 2 --ntasks-per-node 1")
+    assert "-m torch.distributed.run --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint" in line
+    assert '--rdzv-id "xgeo-$SLURM_JOB_ID"' in line and "--standalone" not in line
+    one = snakemake(root, workdir, "-n", "-p", "--config", "workflow={pretrain: {gpu: 2, threads: 2, mem_mb: 8000}}",
+                    "--", "checkpoints/xgeo/last.ckpt")
+    line = next(x for x in one.stdout.splitlines() if " pretrain --experiment xgeo" in x)
+    assert "-m torch.distributed.run --standalone --nproc_per_node 2 -m xgeo.cli pretrain" in line
+    assert "srun" not in line

@@ -1,11 +1,24 @@
 # Pretraining: one run per experiment (params experiments.<name>), shared by every table that finetunes from it.
 
 
+RDZV_PORT = 29400  # torchrun's c10d default, on the first node of the allocation
+
+
 def launcher(wildcards, resources):
-    """One process per GPU under torchrun when the job has more than one GPU; the plain CLI otherwise."""
+    """How the pretraining starts: one process per GPU under torchrun when the job has more than one GPU
+    (--standalone on one node); with workflow.pretrain.nodes > 1, srun starts one torchrun per node of the SLURM
+    allocation and they meet at a c10d rendezvous on the allocation's first node; the plain CLI otherwise."""
+    python = shlex.quote(sys.executable)
+    nodes = int(PARAMS["workflow"]["pretrain"].get("nodes", 1))
+    per_node = max(1, resources.gpu)
+    if nodes > 1:
+        return (f"srun --nodes {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
+                f"{python} -m torch.distributed.run --nnodes {nodes} --nproc_per_node {per_node} "
+                f"--rdzv-backend c10d "
+                f'--rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):{RDZV_PORT}" '
+                f'--rdzv-id "xgeo-$SLURM_JOB_ID" -m xgeo.cli')
     if resources.gpu > 1:
-        return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
-                f"--nproc_per_node {resources.gpu} -m xgeo.cli")
+        return f"{python} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu} -m xgeo.cli"
     return XGEO
 
 
@@ -28,6 +41,11 @@ rule pretrain:
     resources:
         gpu=PARAMS["workflow"]["pretrain"]["gpu"],
         mem_mb=PARAMS["workflow"]["pretrain"]["mem_mb"],
+        # SLURM (snakemake-executor-plugin-slurm): the nodes, one task (a torchrun launcher) per node, its GPUs
+        nodes=PARAMS["workflow"]["pretrain"].get("nodes", 1),
+        tasks=PARAMS["workflow"]["pretrain"].get("nodes", 1),
+        tasks_per_node=1,
+        gres=f"gpu:{PARAMS['workflow']['pretrain']['gpu']}" if PARAMS["workflow"]["pretrain"]["gpu"] else "",
     shell:
         """
         resume=""
