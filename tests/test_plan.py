@@ -157,3 +157,14 @@ def test_override_types_follow_the_schema_then_the_replaced_value(load):
         from xgeo.config import apply_overrides, params_schema
 
         apply_overrides(load(), {"model.moe.enabled": "no way"}, source="experiments.bad", schema=params_schema())
+
+
+def test_measured_step_time_runs_the_training_step(load):
+    """The timing behind the plan's ETA (run on CUDA by `xgeo plan`), here on the CPU at demo size."""
+    from xgeo.plan import measure_pretrain_step
+    from xgeo.pretrain.groups import effective_groups
+
+    params = load("pretrain.groups.rgb.batch_size=2", "pretrain.groups.sen12ms.batch_size=1",
+                  "pretrain.groups.mdas.batch_size=1")
+    seconds = measure_pretrain_step(params, effective_groups(params), 64, steps=1, device="cpu")
+    assert 0.0 < seconds < 60.0

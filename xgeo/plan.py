@@ -286,21 +286,23 @@ def cuda_name() -> str:
     return torch.cuda.get_device_name(0)
 
 
-def measure_pretrain_step(params: Mapping, groups: Mapping, size: int, steps: int = 3) -> float:
-    """Seconds per pretraining step (forward, backward and AdamW over every group's per-GPU batch of random
-    images, bf16 autocast) on CUDA device 0, after one untimed step."""
+def measure_pretrain_step(params: Mapping, groups: Mapping, size: int, steps: int = 3, device: str = "cuda") -> float:
+    """Seconds per pretraining step (forward, backward and AdamW over every group's per-process batch of random
+    images, under ``pretrain.amp``: bf16 autocast on CUDA) on ``device``, after one untimed step."""
+    import numpy as np
     import torch
 
     from .model import build_model
     from .pretrain.masking import MaskGenerator
+    from .runtime import autocast
 
-    device = torch.device("cuda", 0)
+    device = torch.device(device, 0) if device == "cuda" else torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = build_model(params).to(device)
     model.set_input_size(size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    masker = MaskGenerator(size, int(params["pretrain"]["mask_patch"]), PATCH, float(params["pretrain"]["mask_ratio"]))
-    import numpy as np
-
+    cfg = params["pretrain"]
+    masker = MaskGenerator(size, int(cfg["mask_patch"]), PATCH, float(cfg["mask_ratio"]))
     rng = np.random.default_rng(0)
     batches = []
     for g in groups.values():
@@ -308,22 +310,21 @@ def measure_pretrain_step(params: Mapping, groups: Mapping, size: int, steps: in
         sensor = spec.modalities[(g.get("modalities") or list(spec.modalities))[0]].sensor
         b = int(g["batch_size"])
         x = torch.randn(b, get_sensor(sensor).num_bands, size, size, device=device)
-        mask = torch.from_numpy(masker(rng, b)).to(device)
-        batches.append((x, sensor, mask))
+        batches.append((x, sensor, torch.from_numpy(masker(rng, b)).to(device)))
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with autocast(str(cfg.get("amp", "auto")), device, "pretrain.amp"):
             loss = sum(model(x, sensor, mask)["loss"] for x, sensor, mask in batches)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     step()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) / steps
 
 
