@@ -110,3 +110,25 @@ def test_paper_shapes_demo_width(task, load, paper_zarr, tmp_path, recorded):
 @pytest.mark.parametrize("task", TASKS)
 def test_paper_shapes_paper_model(task, load, paper_zarr, tmp_path, recorded):
     run_paper_shapes(task, "paper", load, paper_zarr, tmp_path, recorded)
+
+
+def test_vaihingen_tile_ids_place_tiles_where_their_transforms_do(paper_zarr):
+    """The evaluation mosaics each area from the row/col of its tile ids (area<N>_r<row>_c<col>): the same places
+    as the tiles' own affine transforms give (so the re-assembled area is the area as georeferenced)."""
+    import re
+
+    from xgeo.data.store import open_store
+
+    root = open_store(paper_zarr / "vaihingen.zarr")
+    ids = [str(i) for i in root["ids"][:]]
+    transforms = root["irrg/transform"][:]
+    areas: dict[str, list] = {}
+    for sid, t in zip(ids, transforms):
+        m = re.match(r"^(?P<area>.+)_r(?P<r>\d+)_c(?P<c>\d+)$", sid)
+        areas.setdefault(m["area"], []).append((int(m["r"]), int(m["c"]), t))
+    assert len(areas) == 2 and all(len(tiles) == 4 for tiles in areas.values())  # 520 x 560: 2 x 2 tiles of 512
+    for tiles in areas.values():
+        r0, c0, t0 = next(x for x in tiles if x[0] == 0 and x[1] == 0)
+        for r, c, t in tiles:
+            # affine (a, b, c, d, e, f): x = a col + c, y = e row + f
+            assert (t[5] - t0[5]) / t0[4] == pytest.approx(r) and (t[2] - t0[2]) / t0[0] == pytest.approx(c)
