@@ -19,11 +19,12 @@ from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
 from .. import __version__
-from ..catalog import DatasetSpec, get_dataset
+from .datasets import get_dataset, label_attrs, plan
+from .spec import DatasetSpec
 from ..errors import DataError
 from ..io import atomic_path
 from ..sensors import SENSORS
-from .readers import READERS, label_attrs
+
 from .stats import StreamingStats, apply_value_convention
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -179,8 +180,6 @@ def convert(dataset: str, raw_dir: Path, out: Path, params: dict, tile_size: int
     """
     spec = get_dataset(dataset)
     raw_dir, out = Path(raw_dir), Path(out)
-    if dataset not in READERS:
-        raise DataError(f"{dataset}: expected a dataset with a reader ({sorted(READERS)}), found none")
     if not raw_dir.is_dir():
         raise DataError(f"{raw_dir}: expected the raw {dataset} folder in its real layout, found no such folder")
     params = copy.deepcopy(params)
@@ -189,9 +188,11 @@ def convert(dataset: str, raw_dir: Path, out: Path, params: dict, tile_size: int
         dp["tile_size"] = int(tile_size)
     stored = int(dp.get("resize_to") or dp["tile_size"])
     extra = {"source_tile_size": int(dp["tile_size"])} if stored != int(dp["tile_size"]) else {}
+    layout, units = plan(dataset, raw_dir, params)
+    extra["layout"] = layout.name
     with atomic_path(out, directory=True) as tmp:
         writer = StoreWriter(tmp, spec, params)
-        for sample in tqdm(READERS[dataset](raw_dir, spec, params), desc=f"convert {dataset}", unit="tile",
-                           mininterval=1.0):
-            writer.add(sample)
+        for unit in tqdm(units, desc=f"convert {dataset} ({layout.name})", unit="file", mininterval=1.0):
+            for sample in layout.read(raw_dir, unit, spec, params):
+                writer.add(sample)
         writer.close(stored, extra)
