@@ -288,12 +288,12 @@ def convert(dataset: str, raw_dir: Path, out: Path, params: dict, tile_size: int
     if part is not None:
         k, n = part
         settings = _settings(spec, params, layout, units, stored)
+        if len(units) < n:
+            raise DataError(f"{raw_dir}: expected at least {n} files to split into {n} parts, found "
+                            f"{settings['units']}; choose fewer parts (data.convert.parts.{dataset})")
         units = units[(k - 1) * len(units) // n: k * len(units) // n]
         target, desc = part_path(out, k, n), f"{desc} part {k}/{n}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not units:
-            raise DataError(f"{raw_dir}: expected at least {n} files to split into {n} parts, found "
-                            f"{settings['units']}; choose fewer parts (data.convert.parts.{dataset})")
         extra["part"] = {"k": k, "n": n, "settings": settings}
     with atomic_path(target, directory=True) as tmp:
         writer = StoreWriter(tmp, spec, params)
