@@ -317,3 +317,21 @@ def test_part_of_too_few_files(tmp_path_factory, tmp_path):
     raw = raw_in(tmp_path_factory, "mdas", "original")  # 2 sub areas
     with pytest.raises(DataError, match="expected at least 3 files to split into 3 parts, found 2"):
         convert("mdas", raw, tmp_path / "x.zarr", params_of("mdas"), part=(3, 3))
+
+
+def test_snakemake_scatters_parts(tmp_path):
+    """data.convert.parts.<id> = 3: three convert_part jobs (separate cluster jobs), then one merge."""
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "overlays", tmp_path / "overlays")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "2", "-n",
+           "-p", "data/zarr/sen12ms.zarr", "data/zarr/mdas.zarr", "--config", "data={convert: {parts: {sen12ms: 3}}}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for k in (1, 2, 3):
+        assert f"data convert sen12ms data/raw/sen12ms data/zarr/sen12ms.zarr --part {k}/3 --workers" in out
+    assert "data merge data/zarr/sen12ms.zarr" in out
+    assert "data convert mdas data/raw/mdas data/zarr/mdas.zarr --workers" in out and "--part 1/1" not in out
