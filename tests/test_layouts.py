@@ -335,3 +335,24 @@ def test_snakemake_scatters_parts(tmp_path):
         assert f"data convert sen12ms data/raw/sen12ms data/zarr/sen12ms.zarr --part {k}/3 --workers" in out
     assert "data merge data/zarr/sen12ms.zarr" in out
     assert "data convert mdas data/raw/mdas data/zarr/mdas.zarr --workers" in out and "--part 1/1" not in out
+
+
+def test_download_knows_bigearthnet_v2_sources(tmp_path, monkeypatch):
+    """--layout v2 fetches reBEN (Zenodo 10891137) instead of v1; md5 None = recorded at first download, then verified."""
+    from xgeo.data import download as dl
+
+    fetched = []
+    monkeypatch.setattr(dl, "fetch", lambda source, directory, opts, manifest, into=None: fetched.append(source))
+    p = params_of("bigearthnet")
+    dl.download_dataset("bigearthnet", tmp_path / "v1", p)
+    assert [s.filename for s in fetched] == ["BigEarthNet-S1-v1.0.tar.gz", "BigEarthNet-S2-v1.0.tar.gz",
+                                             "splits/train.csv", "splits/val.csv", "splits/test.csv"]
+    fetched.clear()
+    p["data"]["datasets"]["bigearthnet"]["layout"] = "v2"
+    dl.download_dataset("bigearthnet", tmp_path / "v2", p)
+    assert [s.filename for s in fetched] == ["BigEarthNet-S1.tar.zst", "BigEarthNet-S2.tar.zst", "metadata.parquet"]
+    assert all(s.url.startswith("https://zenodo.org/records/10891137/files/") for s in fetched)
+    assert [s.extract for s in fetched] == [True, True, False]
+    p["data"]["datasets"]["bigearthnet"]["layout"] = "v3"
+    with pytest.raises(Exception, match=r"expected a layout among \['original', 'torchgeo', 'v2'\]"):
+        dl.download_dataset("bigearthnet", tmp_path / "v3", p)
