@@ -85,3 +85,22 @@ def test_dataloader_workers_0_and_2_identical(tmp_path_factory):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
+
+
+def test_crop_hook_runs_before_the_value_convention(tmp_path_factory):
+    """crop sees the native tiles of every modality (one window for the pair); the result equals the full sample's
+    window, so the convention and normalisation are per pixel and run on the crop only."""
+    path = store_of(tmp_path_factory, "mdas")  # DSM nodata: replaced by the band mean within the crop too
+    seen = []
+
+    def window(raw: dict) -> dict:
+        seen.append({k: (v.dtype, v.shape) for k, v in raw.items()})
+        return {k: v[:, 5:37, 9:50] for k, v in raw.items()}
+
+    full, cropped = ZarrDataset(path, split=None), ZarrDataset(path, split=None, crop=window)
+    for i in (0, len(full) - 1):
+        a, b = full[i], cropped[i]
+        for key in ("rgb", "dsm"):
+            assert b[key].shape == (a[key].shape[0], 32, 41)
+            torch.testing.assert_close(b[key], a[key][:, 5:37, 9:50])
+    assert seen[0]["rgb"][0] == np.uint8 and seen[0]["dsm"][0] == np.float32  # native dtypes
