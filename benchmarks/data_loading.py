@@ -1,6 +1,8 @@
-"""Data loading: the Zarr Dataset versus per-sample GeoTIFF reads (as TorchGeo does), and conversion throughput.
+"""Data loading: the Zarr Dataset versus per-sample GeoTIFF reads (as TorchGeo does), conversion throughput
+(single pass, partitioned, decoding workers), and the pretraining loader at paper sizes.
 
     .venv/bin/python benchmarks/data_loading.py [--workers 0 2] [--repeat 4] [--scale 4]
+        [--sections loading convert parts loader]
 
 1. samples/s: ``ZarrDataset`` over a converted store versus a Dataset that opens the sample's GeoTIFFs with rasterio
    in ``__getitem__`` (SEN12MS: the s1 and s2 file; BigEarthNet: 12 S2 band files resampled to the 10 m grid, the
@@ -9,12 +11,24 @@
 2. conversion MB/s (uncompressed tile bytes written per second) of SEN12MS at two data sizes: if the cost grows
    linearly, the time ratio equals the size ratio and MB/s stays flat.
 
+3. partitioned conversion (``parts``): SEN12MS at two data sizes converted in one pass, in 2 parts run at the same time
+   (two processes, as two cluster jobs would) followed by ``merge``, and in one pass decoding in 2 worker processes;
+   wall seconds and MB/s, the linear model ``t = c0 + c1 * MB / parts + c2 * MB * [parts > 1]`` fitted to the
+   measurements (c2: the merge's cost per MB), and partitioned versus single-pass statistics.
+4. pretraining loader (``loader``) per worker process at paper sizes: SEN12MS s1 + s2 tiles stored at 256 and 384 px,
+   RandomResizedCrop to 192 px with the same box for the co-located pair (scale 0.2-1, ratio 3/4-4/3, bilinear),
+   random horizontal and vertical flips, per-band normalisation; from the Zarr store, from the GeoTIFFs, and a no-op
+   ceiling (ready tensors); plus the Zarr path returning raw tiles (crop and normalisation left to the GPU). The
+   crop and flips are torch ops of this script (``crop_pair``), not xgeo.pretrain's.
+
 Raw data comes from ``xgeo.data.synth`` at the scale set here (tile-sized patches, so one file set = one sample).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import shutil
 import sys
 import tempfile
@@ -29,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 
 from xgeo.catalog import get_dataset  # noqa: E402
 from xgeo.config import load_params  # noqa: E402
-from xgeo.data.convert import SPLIT_NAMES, convert  # noqa: E402
+from xgeo.data.convert import SPLIT_NAMES, convert, merge  # noqa: E402
 from xgeo.data.dataset import ZarrDataset  # noqa: E402
 from xgeo.data.readers import read_raster, resize  # noqa: E402
-from xgeo.data.store import open_store  # noqa: E402
+from xgeo.data.store import ChunkReader, open_store  # noqa: E402
 from xgeo.data.synth import synthesize  # noqa: E402
 
 
@@ -108,52 +122,260 @@ def tile_bytes(store: Path) -> int:
     return sum(root[f"{k}/data"].nbytes for k in root.attrs["modalities"])
 
 
+# ---------------------------------------------------------------------------------------------- 1, 2 (as before)
+def bench_loading(tmp: Path, args) -> None:
+    rows = []
+    setups = {
+        "sen12ms": ["data.datasets.sen12ms.synth.scenes_per_season=3", "data.datasets.sen12ms.synth.patches_per_scene=16",
+                    "data.datasets.sen12ms.synth.size=64"],
+        "bigearthnet": ["data.datasets.bigearthnet.synth.patches={train: 192, val: 8, test: 8}"],
+    }
+    for dataset, overrides in setups.items():
+        params = load_params(ROOT / "params.yaml", overrides)
+        raw, store = tmp / dataset, tmp / f"{dataset}.zarr"
+        synthesize(dataset, raw, params, seed=0)
+        convert(dataset, raw, store, params)
+        zds, gds = ZarrDataset(store, split="train"), GeoTiffDataset(raw, dataset, store)
+        for k in ("s1", "s2"):  # both paths give the same tensors
+            torch.testing.assert_close(zds[3][k], gds[3][k])
+        ceiling = ReadyTensors(zds[0], len(zds))
+        for w in args.workers:
+            z, g = samples_per_s(zds, w, args.repeat), samples_per_s(gds, w, args.repeat)
+            rows.append((dataset, len(zds), w, g, z, z / g, samples_per_s(ceiling, w, args.repeat)))
+    print("\nsamples/s (DataLoader, batch 16, train split; ceiling: ready tensors through the same DataLoader)")
+    print(f"{'dataset':<12} {'samples':>7} {'workers':>7} {'GeoTIFF':>9} {'Zarr':>9} {'Zarr/GeoTIFF':>13} {'ceiling':>9}")
+    for d, n, w, g, z, r, c in rows:
+        print(f"{d:<12} {n:>7} {w:>7} {g:>9.0f} {z:>9.0f} {r:>12.1f}x {c:>9.0f}")
+
+
+def _sen12ms_params(scale: int, size: int = 128, tile: int = 64, patches: int = 8) -> dict:
+    return load_params(ROOT / "params.yaml", [
+        f"data.datasets.sen12ms.synth.scenes_per_season={scale}", f"data.datasets.sen12ms.synth.patches_per_scene={patches}",
+        f"data.datasets.sen12ms.synth.size={size}", f"data.datasets.sen12ms.tile_size={tile}"])
+
+
+def bench_convert(tmp: Path, args) -> None:
+    print("\nconversion throughput (SEN12MS, uncompressed tile bytes)")
+    print(f"{'patches':>8} {'tiles':>6} {'MB':>8} {'seconds':>8} {'MB/s':>7} {'s / tile (ms)':>14}")
+    for scale in (args.scale, 2 * args.scale):
+        params = _sen12ms_params(scale)
+        raw, store = tmp / f"conv{scale}", tmp / f"conv{scale}.zarr"
+        synthesize("sen12ms", raw, params, seed=0)
+        t0 = time.perf_counter()
+        convert("sen12ms", raw, store, params)
+        sec = time.perf_counter() - t0
+        n = open_store(store)["ids"].shape[0]
+        mb = tile_bytes(store) / 1e6
+        print(f"{scale * 4 * 8:>8} {n:>6} {mb:>8.1f} {sec:>8.2f} {mb / sec:>7.1f} {1e3 * sec / n:>14.2f}")
+
+
+# ----------------------------------------------------------------------------------------- 3. partitioned conversion
+def _part(raw: Path, out: Path, params: dict, k: int, n: int) -> None:
+    torch.set_num_threads(1)
+    convert("sen12ms", raw, out, params, part=(k, n))
+
+
+def convert_in_parts(raw: Path, out: Path, params: dict, n: int) -> tuple[float, float]:
+    """Wall seconds of n parts run at once (forked processes, like n cluster jobs) and of the merge."""
+    ctx = multiprocessing.get_context("fork")
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=_part, args=(raw, out, params, k, n)) for k in range(1, n + 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"part failed with exit code {p.exitcode}")
+    t1 = time.perf_counter()
+    merge(out, params)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def stats_difference(single: Path, parted: Path) -> dict:
+    """Largest differences of the partitioned store's statistics from the single pass's, over bands and modalities."""
+    a, b = open_store(single), open_store(parted)
+    out = {"mean_rel": 0.0, "std_rel": 0.0, "minmax": 0.0, "pct_bins": 0.0}
+    for k in a.attrs["modalities"]:
+        sa, sb = a[f"{k}/data"].attrs["stats"], b[f"{k}/data"].attrs["stats"]
+        for f in ("mean", "std"):
+            x, y = np.array(sa[f]), np.array(sb[f])
+            out[f"{f}_rel"] = max(out[f"{f}_rel"], float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-12))))
+        for f in ("min", "max"):
+            out["minmax"] = max(out["minmax"], float(np.max(np.abs(np.array(sa[f]) - np.array(sb[f])))))
+        width = 2 * np.array(sb["p_error"])
+        for f in [f for f in sa if f.startswith("p") and f != "p_error"]:
+            out["pct_bins"] = max(out["pct_bins"], float(np.max(np.abs(np.array(sa[f]) - np.array(sb[f])) / width)))
+    return out
+
+
+def bench_parts(tmp: Path, args) -> None:
+    rows, fits = [], []
+    for scale in (args.scale, 2 * args.scale):
+        params = _sen12ms_params(scale)
+        raw = tmp / f"parts{scale}"
+        synthesize("sen12ms", raw, params, seed=0)
+        single = tmp / f"parts{scale}-1.zarr"
+        t0 = time.perf_counter()
+        convert("sen12ms", raw, single, params)
+        t_single = time.perf_counter() - t0
+        mb = tile_bytes(single) / 1e6
+        t0 = time.perf_counter()
+        convert("sen12ms", raw, tmp / f"parts{scale}-w2.zarr", params, workers=2)
+        t_workers = time.perf_counter() - t0
+        t_parts, t_merge = convert_in_parts(raw, tmp / f"parts{scale}-2.zarr", params, 2)
+        diff = stats_difference(single, tmp / f"parts{scale}-2.zarr")
+        rows.append((mb, t_single, t_workers, t_parts, t_merge, diff))
+        fits += [(1.0, mb, 0.0, t_single), (1.0, mb / 2, mb, t_parts + t_merge)]
+    print("\npartitioned conversion (SEN12MS; 2 parts = two processes at once, then merge; 2 cores shared)")
+    print(f"{'MB':>7} {'1 pass s':>9} {'MB/s':>6} {'2 workers s':>12} {'MB/s':>6} {'2 parts s':>10} {'merge s':>8} "
+          f"{'MB/s':>6} {'speed-up':>9}")
+    for mb, t1, tw, tp, tm, _ in rows:
+        print(f"{mb:>7.1f} {t1:>9.2f} {mb / t1:>6.1f} {tw:>12.2f} {mb / tw:>6.1f} {tp:>10.2f} {tm:>8.2f} "
+              f"{mb / (tp + tm):>6.1f} {t1 / (tp + tm):>8.2f}x")
+    x = np.array([f[:3] for f in fits])
+    y = np.array([f[3] for f in fits])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    pred = x @ coef
+    print(f"linear model: t = {coef[0]:.2f} s + {1e3 * coef[1]:.1f} ms/MB * MB/parts + {1e3 * coef[2]:.1f} ms/MB * MB "
+          f"(merge, parts > 1); largest residual {np.max(np.abs(pred - y)):.2f} s")
+    print("partitioned vs single-pass statistics (largest over modalities and bands):")
+    for mb, *_, d in rows:
+        print(f"  {mb:.1f} MB: mean rel {d['mean_rel']:.1e}, std rel {d['std_rel']:.1e}, min/max {d['minmax']:.1e}, "
+              f"percentiles {d['pct_bins']:.2f} bins")
+
+
+# ------------------------------------------------------------------------------------ 4. the pretraining loader
+def crop_box(h: int, w: int, g: torch.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box (torchvision's sampling: area fraction and log-uniform aspect ratio, 10 tries)."""
+    area = h * w
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(*scale, generator=g))
+        r = math.exp(float(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)))
+        cw, ch = int(round(math.sqrt(target * r))), int(round(math.sqrt(target / r)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            return top, left, ch, cw
+    s = min(h, w)
+    return (h - s) // 2, (w - s) // 2, s, s
+
+
+def window_pair(g: torch.Generator, keys=("s1", "s2")):
+    """A crop hook for ZarrDataset: one RandomResizedCrop box, cut from the native tiles of every modality."""
+    def crop(raw: dict) -> dict:
+        h, w = raw[keys[0]].shape[-2:]
+        top, left, ch, cw = crop_box(h, w, g)
+        return {k: v[..., top:top + ch, left:left + cw] for k, v in raw.items()}
+
+    return crop
+
+
+def resize_flip(sample: dict, size: int, g: torch.Generator, keys=("s1", "s2")) -> dict:
+    """Resize (bilinear) every modality to size x size and apply the same random flips."""
+    hflip, vflip = bool(torch.randint(0, 2, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))
+    for k in keys:
+        x = torch.nn.functional.interpolate(sample[k][None], size=(size, size), mode="bilinear", align_corners=False,
+                                            antialias=False)[0]
+        if hflip:
+            x = x.flip(-1)
+        if vflip:
+            x = x.flip(-2)
+        sample[k] = x
+    return sample
+
+
+def crop_pair(sample: dict, size: int = 192, keys=("s1", "s2"), g: torch.Generator | None = None) -> dict:
+    """The same RandomResizedCrop box and flips for every modality of a co-located pair (C, H, W) -> (C, size, size)."""
+    g = g or torch.default_generator
+    return resize_flip(window_pair(g, keys)(sample), size, g, keys)
+
+
+class RawTiles(torch.utils.data.Dataset):
+    """The Zarr path returning raw tiles in their native dtype (value convention, crop and normalisation left to the
+    GPU): the loader's least work."""
+
+    def __init__(self, store: Path):
+        self.store, self.n = store, open_store(store)["ids"].shape[0]
+        self.readers = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if self.readers is None:
+            self.readers = {k: ChunkReader(self.store, f"{k}/data") for k in ("s1", "s2")}
+        return {k: torch.from_numpy(r[i].astype(r.dtype.newbyteorder("="), copy=False)) for k, r in self.readers.items()}
+
+
+class Augmented(torch.utils.data.Dataset):
+    def __init__(self, ds, augment):
+        self.ds, self.augment = ds, augment
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.augment(self.ds[i])
+
+
+def per_worker(ds, repeat: int) -> float:
+    """samples/s of one process making the samples (num_workers=0: what one DataLoader worker produces)."""
+    ds[0]
+    n, t0 = 0, time.perf_counter()
+    for _ in range(repeat):
+        for i in range(len(ds)):
+            ds[i]
+            n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def bench_loader(tmp: Path, args) -> None:
+    rows = []
+    for px in (256, 384):
+        params = _sen12ms_params(1, size=px, tile=px, patches=8)
+        raw, store = tmp / f"loader{px}", tmp / f"loader{px}.zarr"
+        synthesize("sen12ms", raw, params, seed=0)
+        convert("sen12ms", raw, store, params)
+        zds = ZarrDataset(store, split="train")
+        gds = GeoTiffDataset(raw, "sen12ms", store)
+        g = torch.Generator().manual_seed(0)
+        aug = lambda s: crop_pair(s, 192, g=g)  # noqa: E731
+        zarr_aug, tif_aug = Augmented(zds, aug), Augmented(gds, aug)
+        ready = ReadyTensors(crop_pair(zds[0], 192), len(zds))
+        crop_first = ZarrDataset(store, split="train", crop=window_pair(g), augment=lambda s: resize_flip(s, 192, g))
+        r_zarr, r_tif = per_worker(zarr_aug, args.repeat), per_worker(tif_aug, args.repeat)
+        r_first = per_worker(crop_first, args.repeat)
+        r_raw = per_worker(RawTiles(store), args.repeat)
+        r_ready = per_worker(ready, args.repeat)
+        r_crop = per_worker(Augmented(ReadyTensors(zds[0], len(zds)), aug), args.repeat)  # crop + flips alone
+        rows.append((px, len(zds), r_tif, r_zarr, r_first, r_raw, r_crop, r_ready))
+    print("\npretraining loader per worker process (SEN12MS s1 + s2 pair, RandomResizedCrop to 192, flips, "
+          "normalisation; samples/s)")
+    print(f"{'tile px':>7} {'samples':>7} {'GeoTIFF':>8} {'Zarr':>8} {'Zarr crop first':>16} {'best/GeoTIFF':>13} "
+          f"{'Zarr raw tiles':>15} {'crop+flip only':>15} {'no-op':>9}")
+    for px, n, t, z, f, r, c, ready in rows:
+        print(f"{px:>7} {n:>7} {t:>8.0f} {z:>8.0f} {f:>16.0f} {max(z, f) / t:>12.1f}x {r:>15.0f} {c:>15.0f} "
+              f"{ready:>9.0f}")
+    print("workers one GPU needs (GPU consumption / per-worker rate):")
+    for rate in (1000, 2000, 4000):
+        need = "; ".join(f"{px} px: Zarr crop first {math.ceil(rate / f)}, raw tiles {math.ceil(rate / r)}, "
+                         f"GeoTIFF {math.ceil(rate / t)}" for px, _, t, z, f, r, _, _ in rows)
+        print(f"  at {rate} samples/s: {need}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--repeat", type=int, default=4, help="passes over the train split per measurement")
     ap.add_argument("--scale", type=int, default=4, help="SEN12MS scenes per season of the smaller conversion")
+    ap.add_argument("--sections", nargs="+", default=["loading", "convert", "parts", "loader"],
+                    choices=["loading", "convert", "parts", "loader"])
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="xgeo-bench-"))
     try:
-        rows = []
-        setups = {
-            "sen12ms": ["data.datasets.sen12ms.synth.scenes_per_season=3", "data.datasets.sen12ms.synth.patches_per_scene=16",
-                        "data.datasets.sen12ms.synth.size=64"],
-            "bigearthnet": ["data.datasets.bigearthnet.synth.patches={train: 192, val: 8, test: 8}"],
-        }
-        for dataset, overrides in setups.items():
-            params = load_params(ROOT / "params.yaml", overrides)
-            raw, store = tmp / dataset, tmp / f"{dataset}.zarr"
-            synthesize(dataset, raw, params, seed=0)
-            convert(dataset, raw, store, params)
-            zds, gds = ZarrDataset(store, split="train"), GeoTiffDataset(raw, dataset, store)
-            for k in ("s1", "s2"):  # both paths give the same tensors
-                torch.testing.assert_close(zds[3][k], gds[3][k])
-            ceiling = ReadyTensors(zds[0], len(zds))
-            for w in args.workers:
-                z, g = samples_per_s(zds, w, args.repeat), samples_per_s(gds, w, args.repeat)
-                rows.append((dataset, len(zds), w, g, z, z / g, samples_per_s(ceiling, w, args.repeat)))
-        print("\nsamples/s (DataLoader, batch 16, train split; ceiling: ready tensors through the same DataLoader)")
-        print(f"{'dataset':<12} {'samples':>7} {'workers':>7} {'GeoTIFF':>9} {'Zarr':>9} {'Zarr/GeoTIFF':>13} {'ceiling':>9}")
-        for d, n, w, g, z, r, c in rows:
-            print(f"{d:<12} {n:>7} {w:>7} {g:>9.0f} {z:>9.0f} {r:>12.1f}x {c:>9.0f}")
-
-        print("\nconversion throughput (SEN12MS, uncompressed tile bytes)")
-        print(f"{'patches':>8} {'tiles':>6} {'MB':>8} {'seconds':>8} {'MB/s':>7} {'s / tile (ms)':>14}")
-        for scale in (args.scale, 2 * args.scale):
-            params = load_params(ROOT / "params.yaml", [
-                f"data.datasets.sen12ms.synth.scenes_per_season={scale}", "data.datasets.sen12ms.synth.patches_per_scene=8",
-                "data.datasets.sen12ms.synth.size=128"])
-            raw, store = tmp / f"conv{scale}", tmp / f"conv{scale}.zarr"
-            synthesize("sen12ms", raw, params, seed=0)
-            t0 = time.perf_counter()
-            convert("sen12ms", raw, store, params)
-            sec = time.perf_counter() - t0
-            n = open_store(store)["ids"].shape[0]
-            mb = tile_bytes(store) / 1e6
-            print(f"{scale * 4 * 8:>8} {n:>6} {mb:>8.1f} {sec:>8.2f} {mb / sec:>7.1f} {1e3 * sec / n:>14.2f}")
+        for name in args.sections:
+            globals()[f"bench_{name}"](tmp, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -155,6 +155,7 @@ def store_info(path: str | os.PathLike) -> dict:
     attrs = dict(root.attrs)
     info = {"path": str(path), "dataset": attrs["dataset"], "title": attrs.get("title"), "source": attrs.get("source"),
             "task": attrs.get("task"), "tile_size": attrs.get("tile_size"), "samples": int(root["ids"].shape[0]),
+            "layout": attrs.get("layout"), "parts": attrs.get("parts"),
             "splits": attrs.get("splits", {}), "pairs": attrs.get("pairs", []), "modalities": {}, "labels": {}}
     for key in attrs["modalities"]:
         arr = root[f"{key}/data"]
@@ -181,7 +182,9 @@ def _num(v) -> str:
 def format_info(info: dict) -> str:
     """A readable summary of :func:`store_info`: header, splits, then one table of band statistics per modality."""
     lines = [f"{info['path']}: {info['dataset']} ({info['title']})",
-             f"source {info['source']}, task {info['task'] or '-'}, tile {info['tile_size']} px, "
+             f"source {info['source']} ({info.get('layout') or '-'} layout"
+             + (f", merged from {info['parts']} parts" if info.get("parts") else "") + "), "
+             f"task {info['task'] or '-'}, tile {info['tile_size']} px, "
              f"{info['samples']} samples: " + ", ".join(f"{s} {n}" for s, n in info["splits"].items())]
     if info["pairs"]:
         lines.append("pairs: " + ", ".join(" + ".join(p) for p in info["pairs"]))
