@@ -13,8 +13,9 @@
 
 3. partitioned conversion (``parts``): SEN12MS at two data sizes converted in one pass, in 2 parts run at the same time
    (two processes, as two cluster jobs would) followed by ``merge``, and in one pass decoding in 2 worker processes;
-   wall seconds and MB/s, the linear model ``t = c0 + c1 * MB / parts + c2 * MB * [parts > 1]`` fitted to the
-   measurements (c2: the merge's cost per MB), and partitioned versus single-pass statistics.
+   CPU seconds (all processes) and wall seconds, MB per CPU second, the linear model ``t_cpu = c0 + c1 * MB + c2 * MB *
+   [parts > 1]`` fitted to the measurements (c2: the extra cost of parts, merge included; wall time on P idle cores
+   is the parts' CPU time / P plus the merge), and partitioned versus single-pass statistics.
 4. pretraining loader (``loader``) per worker process at paper sizes: SEN12MS s1 + s2 tiles stored at 256 and 384 px,
    RandomResizedCrop to 192 px with the same box for the co-located pair (scale 0.2-1, ratio 3/4-4/3, bilinear),
    random horizontal and vertical flips, per-band normalisation; from the Zarr store, from the GeoTIFFs, and a no-op
@@ -175,20 +176,20 @@ def _part(raw: Path, out: Path, params: dict, k: int, n: int) -> None:
     convert("sen12ms", raw, out, params, part=(k, n))
 
 
-def convert_in_parts(raw: Path, out: Path, params: dict, n: int) -> tuple[float, float]:
-    """Wall seconds of n parts run at once (forked processes, like n cluster jobs) and of the merge."""
+def convert_in_parts(raw: Path, out: Path, params: dict, n: int) -> tuple[Clock, Clock]:
+    """Clocks of n parts run at once (forked processes, like n cluster jobs) and of the merge."""
     ctx = multiprocessing.get_context("fork")
-    t0 = time.perf_counter()
-    procs = [ctx.Process(target=_part, args=(raw, out, params, k, n)) for k in range(1, n + 1)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-        if p.exitcode != 0:
-            raise RuntimeError(f"part failed with exit code {p.exitcode}")
-    t1 = time.perf_counter()
-    merge(out, params)
-    return t1 - t0, time.perf_counter() - t1
+    with Clock() as parts:
+        procs = [ctx.Process(target=_part, args=(raw, out, params, k, n)) for k in range(1, n + 1)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+            if p.exitcode != 0:
+                raise RuntimeError(f"part failed with exit code {p.exitcode}")
+    with Clock() as merged:
+        merge(out, params)
+    return parts, merged
 
 
 def stats_difference(single: Path, parted: Path) -> dict:
@@ -215,29 +216,31 @@ def bench_parts(tmp: Path, args) -> None:
         raw = tmp / f"parts{scale}"
         synthesize("sen12ms", raw, params, seed=0)
         single = tmp / f"parts{scale}-1.zarr"
-        t0 = time.perf_counter()
-        convert("sen12ms", raw, single, params)
-        t_single = time.perf_counter() - t0
+        with Clock() as one:
+            convert("sen12ms", raw, single, params)
         mb = tile_bytes(single) / 1e6
-        t0 = time.perf_counter()
-        convert("sen12ms", raw, tmp / f"parts{scale}-w2.zarr", params, workers=2)
-        t_workers = time.perf_counter() - t0
-        t_parts, t_merge = convert_in_parts(raw, tmp / f"parts{scale}-2.zarr", params, 2)
+        with Clock() as workers:
+            convert("sen12ms", raw, tmp / f"parts{scale}-w2.zarr", params, workers=2)
+        parts, merged = convert_in_parts(raw, tmp / f"parts{scale}-2.zarr", params, 2)
         diff = stats_difference(single, tmp / f"parts{scale}-2.zarr")
-        rows.append((mb, t_single, t_workers, t_parts, t_merge, diff))
-        fits += [(1.0, mb, 0.0, t_single), (1.0, mb / 2, mb, t_parts + t_merge)]
-    print("\npartitioned conversion (SEN12MS; 2 parts = two processes at once, then merge; 2 cores shared)")
-    print(f"{'MB':>7} {'1 pass s':>9} {'MB/s':>6} {'2 workers s':>12} {'MB/s':>6} {'2 parts s':>10} {'merge s':>8} "
-          f"{'MB/s':>6} {'speed-up':>9}")
-    for mb, t1, tw, tp, tm, _ in rows:
-        print(f"{mb:>7.1f} {t1:>9.2f} {mb / t1:>6.1f} {tw:>12.2f} {mb / tw:>6.1f} {tp:>10.2f} {tm:>8.2f} "
-              f"{mb / (tp + tm):>6.1f} {t1 / (tp + tm):>8.2f}x")
+        rows.append((mb, one, workers, parts, merged, diff))
+        # CPU seconds; on an idle machine with P cores the P parts' wall time is their CPU time / P
+        fits += [(1.0, mb, 0.0, one.cpu), (1.0, mb, mb, parts.cpu + merged.cpu)]
+    print("\npartitioned conversion (SEN12MS; 2 parts = two processes at once, then merge). CPU s: user + sys of all "
+          "processes; wall s: on the shared machine")
+    print(f"{'MB':>7} | {'1 pass CPU s':>12} {'MB/CPU s':>8} {'wall s':>7} | {'2 workers CPU s':>15} {'wall s':>7} | "
+          f"{'2 parts CPU s':>13} {'merge CPU s':>11} {'wall s':>7} {'MB/s on 2 idle cores':>21}")
+    for mb, one, w, p, m, _ in rows:
+        idle_wall = p.cpu / 2 + m.cpu
+        print(f"{mb:>7.1f} | {one.cpu:>12.2f} {mb / one.cpu:>8.1f} {one.wall:>7.2f} | {w.cpu:>15.2f} {w.wall:>7.2f} | "
+              f"{p.cpu:>13.2f} {m.cpu:>11.2f} {p.wall + m.wall:>7.2f} {mb / idle_wall:>21.1f}")
     x = np.array([f[:3] for f in fits])
     y = np.array([f[3] for f in fits])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     pred = x @ coef
-    print(f"linear model: t = {coef[0]:.2f} s + {1e3 * coef[1]:.1f} ms/MB * MB/parts + {1e3 * coef[2]:.1f} ms/MB * MB "
-          f"(merge, parts > 1); largest residual {np.max(np.abs(pred - y)):.2f} s")
+    print(f"linear model (CPU s): t = {coef[0]:.2f} s + {1e3 * coef[1]:.1f} ms/MB * MB + {1e3 * coef[2]:.1f} ms/MB * MB "
+          f"(parts > 1: their extra cost, merge included); largest residual {np.max(np.abs(pred - y)):.2f} s; "
+          f"wall on P idle cores with P parts: (c0 + c1 * MB) / P + merge")
     print("partitioned vs single-pass statistics (largest over modalities and bands):")
     for mb, *_, d in rows:
         print(f"  {mb:.1f} MB: mean rel {d['mean_rel']:.1e}, std rel {d['std_rel']:.1e}, min/max {d['minmax']:.1e}, "
@@ -319,14 +322,33 @@ class Augmented(torch.utils.data.Dataset):
 
 
 def per_worker(ds, repeat: int) -> float:
-    """samples/s of one process making the samples (num_workers=0: what one DataLoader worker produces)."""
+    """Samples per CPU second of one process making the samples (num_workers=0: what one DataLoader worker with a
+    core of its own produces). CPU time, not wall time: the machine is shared, so wall time measures the load."""
     ds[0]
-    n, t0 = 0, time.perf_counter()
+    n, t0 = 0, time.process_time()
     for _ in range(repeat):
         for i in range(len(ds)):
             ds[i]
             n += 1
-    return n / (time.perf_counter() - t0)
+    return n / (time.process_time() - t0)
+
+
+class Clock:
+    """Wall seconds and CPU seconds (this process and its finished children) of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
+
+    @staticmethod
+    def _cpu() -> float:
+        import resource
+
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def bench_loader(tmp: Path, args) -> None:
@@ -350,7 +372,7 @@ def bench_loader(tmp: Path, args) -> None:
         r_crop = per_worker(Augmented(ReadyTensors(zds[0], len(zds)), aug), args.repeat)  # crop + flips alone
         rows.append((px, len(zds), r_tif, r_zarr, r_first, r_raw, r_crop, r_ready))
     print("\npretraining loader per worker process (SEN12MS s1 + s2 pair, RandomResizedCrop to 192, flips, "
-          "normalisation; samples/s)")
+          "normalisation; samples per CPU second of one process)")
     print(f"{'tile px':>7} {'samples':>7} {'GeoTIFF':>8} {'Zarr':>8} {'Zarr crop first':>16} {'best/GeoTIFF':>13} "
           f"{'Zarr raw tiles':>15} {'crop+flip only':>15} {'no-op':>9}")
     for px, n, t, z, f, r, c, ready in rows:

@@ -11,8 +11,9 @@ uses all its samples. ``<key>/data`` attrs record which (``stats_split``).
 Partitioned conversion (``--part K/N``, for a cluster: one job a part): the reader's list of units (files, patches)
 is cut into N contiguous ranges; part K converts its range into its own part store ``OUT.parts/K-of-N.zarr``
 (atomic, like a store) with its statistics as mergeable moments and histograms (``stats.npz``). ``merge(OUT)``
-checks that every part is there and was written with the same settings, concatenates the parts in order (arrays
-exactly those of a single pass) and merges the statistics (count, mean, std from the parts' moments; min, max exact;
+checks that every part is there and was written with the same settings, concatenates the parts in order by copying
+their compressed chunks into new shard files without decoding them (the shard files are byte for byte those of a
+single pass; merging costs file I/O only) and merges the statistics (count, mean, std from the parts' moments; min, max exact;
 percentiles from the merged histograms: exact for sensors with fixed bins, within one bin for adaptive ones); only
 then is OUT renamed into place. A killed part leaves no part store and is rerun alone.
 
@@ -38,7 +39,6 @@ from ..errors import DataError
 from ..io import atomic_path
 from ..sensors import SENSORS
 from .datasets import get_dataset, label_attrs, plan
-from .raster import Tile
 from .spec import DatasetSpec, Layout
 
 from .stats import StreamingStats, apply_value_convention
@@ -341,12 +341,72 @@ def _part_stores(out: Path) -> list[tuple[Path, dict]]:
     return ordered
 
 
-def merge(out: Path, params: dict) -> Path:
-    """Assemble the parts ``OUT.parts/K-of-N.zarr`` into the store ``out`` (atomically; see the module docstring)."""
+class _Filled:
+    """An array of the merged store already holding its data (StoreWriter.close only sets its attributes)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_shards(parts: list[Path], name: str, dst: zarr.Array, path: Path, per_shard: int) -> None:
+    """Concatenate the parts' compressed chunks of ``name`` into the shard files of ``dst`` (Zarr v3
+    sharding_indexed, index at the end + crc32c), without decoding them; the chunks are those a single pass writes."""
+    from numcodecs import CRC32C
+
     from .store import ChunkReader
 
+    readers = [ChunkReader(p, name) for p in parts]
+    blobs = (r.raw_chunk(i) for r in readers for i in range(len(r)))
+    n = dst.shape[0]
+    crc = CRC32C()
+    for s in range((n + per_shard - 1) // per_shard):
+        index = np.full((per_shard, 2), np.iinfo(np.uint64).max, dtype="<u8")
+        body, offset = [], 0
+        for j in range(min(per_shard, n - s * per_shard)):
+            blob = next(blobs)
+            if blob is not None:
+                index[j] = (offset, len(blob))
+                body.append(blob)
+                offset += len(blob)
+        if not body:
+            continue  # an all-fill shard is not stored
+        shard = path / name / "c" / str(s) / Path(*["0"] * (len(dst.shape) - 1))
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        shard.write_bytes(b"".join(body) + bytes(crc.encode(index.tobytes())))
+    for r in readers:
+        r.close()
+
+
+def _concat_array(parts: list[Path], name: str, root: zarr.Group, path: Path, level: int) -> zarr.Array:
+    """The arrays ``name`` of the parts, one after the other, in a new array of the merged store with the same
+    chunks and shards; sharded arrays are copied chunk by chunk without decoding (:func:`_write_shards`)."""
+    from .store import ChunkReader
+
+    src = [zarr.open_array(str(p / name), mode="r") for p in parts]
+    first = src[0]
+    n = sum(a.shape[0] for a in src)
+    dst = root.create_array(name, shape=(n, *first.shape[1:]), dtype=first.dtype, chunks=first.chunks,
+                            shards=first.shards, compressors=ZstdCodec(level=level),
+                            attributes=dict(first.attrs), fill_value=0)
+    per_shard = ChunkReader(parts[0], name).per_shard
+    if first.shards is not None and per_shard is not None and per_shard == first.shards[0]:
+        _write_shards(parts, name, dst, path, per_shard)
+    else:
+        at = 0
+        for a in src:
+            dst[at:at + a.shape[0]] = a[:]
+            at += a.shape[0]
+    return dst
+
+
+def merge(out: Path, params: dict) -> Path:
+    """Assemble the parts ``OUT.parts/K-of-N.zarr`` into the store ``out`` (atomically; see the module docstring)."""
     out = Path(out)
     parts = _part_stores(out)
+    paths = [p for p, _ in parts]
     first = parts[0][1]
     spec = get_dataset(first["dataset"])
     settings = first["part"]["settings"]
@@ -355,34 +415,39 @@ def merge(out: Path, params: dict) -> Path:
                                      compression_level=settings["compression_level"],
                                      percentiles=settings["percentiles"])
     params["data"]["source"] = settings["source"]
+    level = int(settings["compression_level"])
     with atomic_path(out, directory=True) as tmp:
         writer = StoreWriter(tmp, spec, params)
+        roots = [zarr.open_group(str(p), mode="r", zarr_format=3) for p in paths]
         merged: dict[str, dict[str, StreamingStats]] = {}
-        for p, attrs in tqdm(parts, desc=f"merge {spec.id}", unit="part"):
-            root = zarr.open_group(str(p), mode="r", zarr_format=3)
-            keys = list(spec.modalities)
-            labels = sorted(root["labels"].array_keys()) if "labels" in root else []
-            readers = {k: ChunkReader(p, f"{k}/data") for k in keys}
-            readers.update({f"labels/{n}": ChunkReader(p, f"labels/{n}") for n in labels})
-            ids, split = root["ids"][:], root["split"][:]
-            crs = {k: root[f"{k}/crs"][:] for k in keys}
-            transform = {k: root[f"{k}/transform"][:] for k in keys}
-            for i in range(len(ids)):
-                writer.add({"id": str(ids[i]), "split": SPLIT_NAMES[int(split[i])],
-                            "modalities": {k: Tile(readers[k][i], str(crs[k][i]), tuple(float(v) for v in transform[k][i]))
-                                           for k in keys},
-                            "labels": {n: readers[f"labels/{n}"][i] for n in labels}}, stats=False)
-            state = np.load(p / _STATS_FILE)
-            for key, mod in spec.modalities.items():
-                sensor = SENSORS[mod.sensor]
+        for key, mod in tqdm(spec.modalities.items(), desc=f"merge {spec.id}", unit="modality"):
+            writer.root.create_group(key)
+            arr = _concat_array(paths, f"{key}/data", writer.root, Path(tmp), level)
+            arr.attrs.update({k: v for k, v in dict(arr.attrs).items() if k not in ("stats", "stats_split")})
+            writer.data[key] = _Filled(arr)
+            for r in roots:
+                writer.crs[key] += [str(v) for v in r[f"{key}/crs"][:]]
+                writer.transform[key] += r[f"{key}/transform"][:].tolist()
+            sensor = SENSORS[mod.sensor]
+            merged[key] = {}
+            for p in paths:
+                state = np.load(p / _STATS_FILE)
                 for s in ("train", "other"):
                     prefix = f"{key}/{s}/"
                     st = StreamingStats.from_state(sensor, settings["percentiles"],
                                                    {f[len(prefix):]: state[f] for f in state.files if f.startswith(prefix)})
-                    if key not in merged or s not in merged[key]:
-                        merged.setdefault(key, {})[s] = st
-                    else:
+                    if s in merged[key]:
                         merged[key][s].merge(st)
+                    else:
+                        merged[key][s] = st
+        labels = sorted(roots[0]["labels"].array_keys()) if "labels" in roots[0] else []
+        if labels:
+            writer.root.create_group("labels")
+        for name in labels:
+            writer.labels[name] = _Filled(_concat_array(paths, f"labels/{name}", writer.root, Path(tmp), level))
+        for r in roots:
+            writer.ids += [str(v) for v in r["ids"][:]]
+            writer.split += r["split"][:].tolist()
         writer.stats = merged
         extra = {k: v for k, v in first.items() if k in ("source_tile_size", "layout")}
         extra["parts"] = len(parts)

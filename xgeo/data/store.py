@@ -116,6 +116,24 @@ class ChunkReader:
     def _shard_path(self, s: int) -> Path:
         return self.store / self.name / "c" / str(s) / Path(*["0"] * (len(self.shape) - 1))
 
+    def raw_chunk(self, i: int) -> bytes | None:
+        """The stored (compressed) bytes of sample ``i``'s chunk, or None when it was never written (all fill value).
+        Fast layout only (``per_shard`` not None)."""
+        s, j = divmod(int(i), self.per_shard)
+        fd = self._fd(s)
+        index = self._shard_index(s, fd)
+        offset, length = index[j]
+        return None if offset == _EMPTY else os.pread(fd, int(length), int(offset))
+
+    def _shard_index(self, s: int, fd: int) -> np.ndarray:
+        index = self._index.get(s)
+        if index is None:
+            nbytes = 16 * self.per_shard + 4
+            size = os.fstat(fd).st_size
+            index = np.frombuffer(os.pread(fd, nbytes, size - nbytes)[:-4], dtype="<u8").reshape(-1, 2)
+            self._index[s] = index
+        return index
+
     def __getitem__(self, i: int) -> np.ndarray:
         i = int(i)
         if not 0 <= i < self.shape[0]:
@@ -128,13 +146,7 @@ class ChunkReader:
             return np.asarray(self._array[i])
         s, j = divmod(i, self.per_shard)
         fd = self._fd(s)
-        index = self._index.get(s)
-        if index is None:
-            nbytes = 16 * self.per_shard + 4
-            size = os.fstat(fd).st_size
-            index = np.frombuffer(os.pread(fd, nbytes, size - nbytes)[:-4], dtype="<u8").reshape(-1, 2)
-            self._index[s] = index
-        offset, length = index[j]
+        offset, length = self._shard_index(s, fd)[j]
         if offset == _EMPTY:
             return np.full(self.shape[1:], self.fill_value, dtype=self.dtype)
         raw = os.pread(fd, int(length), int(offset))
