@@ -268,7 +268,7 @@ def window_pair(g: torch.Generator, keys=("s1", "s2")):
     def crop(raw: dict) -> dict:
         h, w = raw[keys[0]].shape[-2:]
         top, left, ch, cw = crop_box(h, w, g)
-        return {k: v[..., top:top + ch, left:left + cw] for k, v in raw.items()}
+        return {k: v[..., top:top + ch, left:left + cw] if k in keys else v for k, v in raw.items()}
 
     return crop
 
@@ -367,21 +367,34 @@ def bench_loader(tmp: Path, args) -> None:
         crop_first = ZarrDataset(store, split="train", crop=window_pair(g), augment=lambda s: resize_flip(s, 192, g))
         r_zarr, r_tif = per_worker(zarr_aug, args.repeat), per_worker(tif_aug, args.repeat)
         r_first = per_worker(crop_first, args.repeat)
+        plain = tmp / f"loader{px}-plain.zarr"  # data.convert.compression_level 0: tiles stored as raw bytes
+        convert("sen12ms", raw, plain, load_params(ROOT / "params.yaml", [
+            "data.datasets.sen12ms.synth.scenes_per_season=1", "data.datasets.sen12ms.synth.patches_per_scene=8",
+            f"data.datasets.sen12ms.synth.size={px}", f"data.datasets.sen12ms.tile_size={px}",
+            "data.convert.compression_level=0"]))
+        r_plain = per_worker(ZarrDataset(plain, split="train", crop=window_pair(g), augment=lambda s: resize_flip(s, 192, g)),
+                             args.repeat)
+        r_plain_raw = per_worker(RawTiles(plain), args.repeat)
+        sizes = [sum(f.stat().st_size for f in (p / k / "data").rglob("*") if f.is_file()) for p in (store, plain)
+                 for k in ("s1", "s2")]
+        disk = (sizes[2] + sizes[3]) / (sizes[0] + sizes[1])
         r_raw = per_worker(RawTiles(store), args.repeat)
         r_ready = per_worker(ready, args.repeat)
         r_crop = per_worker(Augmented(ReadyTensors(zds[0], len(zds)), aug), args.repeat)  # crop + flips alone
-        rows.append((px, len(zds), r_tif, r_zarr, r_first, r_raw, r_crop, r_ready))
+        rows.append((px, len(zds), r_tif, r_zarr, r_first, r_raw, r_crop, r_ready, r_plain, r_plain_raw, disk))
     print("\npretraining loader per worker process (SEN12MS s1 + s2 pair, RandomResizedCrop to 192, flips, "
           "normalisation; samples per CPU second of one process)")
-    print(f"{'tile px':>7} {'samples':>7} {'GeoTIFF':>8} {'Zarr':>8} {'Zarr crop first':>16} {'best/GeoTIFF':>13} "
-          f"{'Zarr raw tiles':>15} {'crop+flip only':>15} {'no-op':>9}")
-    for px, n, t, z, f, r, c, ready in rows:
-        print(f"{px:>7} {n:>7} {t:>8.0f} {z:>8.0f} {f:>16.0f} {max(z, f) / t:>12.1f}x {r:>15.0f} {c:>15.0f} "
-              f"{ready:>9.0f}")
+    print(f"{'tile px':>7} {'samples':>7} {'GeoTIFF':>8} {'Zarr':>8} {'Zarr crop first':>16} {'uncompressed':>13} "
+          f"{'best/GeoTIFF':>13} {'raw tiles':>10} {'raw, uncompr.':>14} {'crop+flip only':>15} {'no-op':>9} "
+          f"{'disk uncompr.':>14}")
+    for px, n, t, z, f, r, c, ready, u, ur, disk in rows:
+        print(f"{px:>7} {n:>7} {t:>8.0f} {z:>8.0f} {f:>16.0f} {u:>13.0f} {max(z, f, u) / t:>12.1f}x {r:>10.0f} "
+              f"{ur:>14.0f} {c:>15.0f} {ready:>9.0f} {disk:>13.2f}x")
     print("workers one GPU needs (GPU consumption / per-worker rate):")
     for rate in (1000, 2000, 4000):
-        need = "; ".join(f"{px} px: Zarr crop first {math.ceil(rate / f)}, raw tiles {math.ceil(rate / r)}, "
-                         f"GeoTIFF {math.ceil(rate / t)}" for px, _, t, z, f, r, _, _ in rows)
+        need = "; ".join(f"{px} px: crop first {math.ceil(rate / f)} (uncompressed {math.ceil(rate / u)}), raw tiles "
+                         f"{math.ceil(rate / r)} (uncompressed {math.ceil(rate / ur)}), GeoTIFF {math.ceil(rate / t)}"
+                         for px, _, t, z, f, r, _, _, u, ur, _ in rows)
         print(f"  at {rate} samples/s: {need}")
 
 

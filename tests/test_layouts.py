@@ -360,3 +360,28 @@ def test_download_knows_bigearthnet_v2_sources(tmp_path, monkeypatch):
     p["data"]["datasets"]["bigearthnet"]["layout"] = "v3"
     with pytest.raises(Exception, match=r"expected a layout among \['original', 'torchgeo', 'v2'\]"):
         dl.download_dataset("bigearthnet", tmp_path / "v3", p)
+
+
+def test_uncompressed_store_read_fast_path(tmp_path_factory, tmp_path):
+    """compression_level 0: tiles stored as raw bytes; the loader's fast path reads them (no decoding) and they equal
+    the zstd store's; merging parts of it works the same."""
+    from xgeo.data.dataset import ZarrDataset
+    from xgeo.data.store import ChunkReader
+
+    raw = raw_in(tmp_path_factory, "sen12ms", "original")
+    p = params_of("sen12ms", "data.convert.compression_level=0")
+    convert("sen12ms", raw, tmp_path / "u.zarr", p)
+    meta = zarr.open_array(str(tmp_path / "u.zarr" / "s2" / "data"), mode="r").metadata.to_dict()
+    assert [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]] == ["bytes"]
+    reader = ChunkReader(tmp_path / "u.zarr", "s2/data")
+    assert reader.per_shard is not None and not reader._compressed
+    ref = zarr.open_group(str(store_in(tmp_path_factory, "sen12ms", "original")), mode="r")
+    for i in (0, len(reader) - 1):
+        assert np.array_equal(reader[i], ref["s2/data"][i])
+    a, b = ZarrDataset(tmp_path / "u.zarr", split="train"), ZarrDataset(store_in(tmp_path_factory, "sen12ms", "original"))
+    torch_eq = [bool((a[i][k] == b[i][k]).all()) for i in (0, 3) for k in ("s1", "s2")]
+    assert all(torch_eq)
+    for k in (1, 2):
+        convert("sen12ms", raw, tmp_path / "m.zarr", p, part=(k, 2))
+    merge(tmp_path / "m.zarr", p)
+    assert_same_store(tmp_path / "u.zarr", tmp_path / "m.zarr", stats_exact=False)

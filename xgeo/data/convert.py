@@ -46,6 +46,11 @@ from .stats import StreamingStats, apply_value_convention
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def _compressors(level: int):
+    """zstd at ``level``; level 0: none (tiles stored as raw bytes: no decoding cost in the loader, more disk)."""
+    return ZstdCodec(level=level) if level > 0 else None
+
+
 class _Appender:
     """An (N, *shape) array grown a shard at a time: one chunk per sample, ``per_shard`` samples per shard."""
 
@@ -54,7 +59,7 @@ class _Appender:
         self.shape, self.dtype, self.per_shard = tuple(shape), np.dtype(dtype), per_shard
         self.array = group.create_array(
             name, shape=(0, *shape), dtype=self.dtype, chunks=(1, *shape) if shard else (per_shard, *shape),
-            shards=(per_shard, *shape) if shard else None, compressors=ZstdCodec(level=level),
+            shards=(per_shard, *shape) if shard else None, compressors=_compressors(level),
             attributes=attrs or {}, fill_value=0)
         self.buffer: list[np.ndarray] = []
         self.n = 0
@@ -389,7 +394,7 @@ def _concat_array(parts: list[Path], name: str, root: zarr.Group, path: Path, le
     first = src[0]
     n = sum(a.shape[0] for a in src)
     dst = root.create_array(name, shape=(n, *first.shape[1:]), dtype=first.dtype, chunks=first.chunks,
-                            shards=first.shards, compressors=ZstdCodec(level=level),
+                            shards=first.shards, compressors=_compressors(level),
                             attributes=dict(first.attrs), fill_value=0)
     per_shard = ChunkReader(parts[0], name).per_shard
     if first.shards is not None and per_shard is not None and per_shard == first.shards[0]:

@@ -41,7 +41,7 @@ def open_store(path: str | os.PathLike) -> zarr.Group:
 class ChunkReader:
     """Per-sample reads of one array of a store: ``reader[i] -> ndarray (*array.shape[1:])``.
 
-    Fast path for arrays with one chunk per sample inside shards (bytes little-endian + zstd; index at the end with
+    Fast path for arrays with one chunk per sample inside shards (bytes little-endian [+ zstd]; index at the end with
     crc32c); zarr's reader otherwise. Picklable: file handles and caches are per process.
     """
 
@@ -69,13 +69,14 @@ class ChunkReader:
             cfg = codec["configuration"]
             inner = [c["name"] for c in cfg["codecs"]]
             ok = (codec["name"] == "sharding_indexed" and cfg["index_location"] == "end"
-                  and inner == ["bytes", "zstd"] and cfg["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
+                  and inner in (["bytes", "zstd"], ["bytes"]) and cfg["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
                   and [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
                   and cfg["chunk_shape"] == [1, *self.shape[1:]]
                   and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
                   and self.dtype is not None and self.dtype.kind in "biuf")
             shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
             ok = ok and list(shard[1:]) == list(self.shape[1:])
+            self._compressed = len(inner) == 2
             return int(shard[0]) if ok else None
         except (KeyError, TypeError, ValueError):
             return None
@@ -150,6 +151,8 @@ class ChunkReader:
         if offset == _EMPTY:
             return np.full(self.shape[1:], self.fill_value, dtype=self.dtype)
         raw = os.pread(fd, int(length), int(offset))
+        if not self._compressed:
+            return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape[1:])
         if self._zstd is None:
             from numcodecs import Zstd
 
