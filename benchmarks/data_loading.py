@@ -19,8 +19,9 @@
 4. pretraining loader (``loader``) per worker process at paper sizes: SEN12MS s1 + s2 tiles stored at 256 and 384 px,
    RandomResizedCrop to 192 px with the same box for the co-located pair (scale 0.2-1, ratio 3/4-4/3, bilinear),
    random horizontal and vertical flips, per-band normalisation; from the Zarr store, from the GeoTIFFs, and a no-op
-   ceiling (ready tensors); plus the Zarr path returning raw tiles (crop and normalisation left to the GPU). The
-   crop and flips are torch ops of this script (``crop_pair``), not xgeo.pretrain's.
+   ceiling (ready tensors); plus the Zarr path returning raw tiles (crop and normalisation left to the GPU:
+   ``xgeo.data.device.crop_normalize``, whose cost is timed here on the CPU for reference). The crop and flips of the
+   CPU paths are torch ops of this script (``crop_pair``), not xgeo.pretrain's.
 
 Raw data comes from ``xgeo.data.synth`` at the scale set here (tile-sized patches, so one file set = one sample).
 """
@@ -375,26 +376,36 @@ def bench_loader(tmp: Path, args) -> None:
         r_plain = per_worker(ZarrDataset(plain, split="train", crop=window_pair(g), augment=lambda s: resize_flip(s, 192, g)),
                              args.repeat)
         r_plain_raw = per_worker(RawTiles(plain), args.repeat)
+        # the GPU path's device work (xgeo.data.device.crop_normalize), timed here on this CPU for one batch of 32
+        from xgeo.data.device import crop_normalize
+
+        raw_ds = ZarrDataset(plain, split="train", raw=True)
+        batch = torch.utils.data.default_collate([raw_ds[i % len(raw_ds)] for i in range(32)])
+        crop_normalize(batch, zds, 192, g)
+        t0 = time.process_time()
+        for _ in range(args.repeat):
+            crop_normalize(batch, zds, 192, g)
+        r_device_cpu = 32 * args.repeat / (time.process_time() - t0)
         sizes = [sum(f.stat().st_size for f in (p / k / "data").rglob("*") if f.is_file()) for p in (store, plain)
                  for k in ("s1", "s2")]
         disk = (sizes[2] + sizes[3]) / (sizes[0] + sizes[1])
         r_raw = per_worker(RawTiles(store), args.repeat)
         r_ready = per_worker(ready, args.repeat)
         r_crop = per_worker(Augmented(ReadyTensors(zds[0], len(zds)), aug), args.repeat)  # crop + flips alone
-        rows.append((px, len(zds), r_tif, r_zarr, r_first, r_raw, r_crop, r_ready, r_plain, r_plain_raw, disk))
+        rows.append((px, len(zds), r_tif, r_zarr, r_first, r_raw, r_crop, r_ready, r_plain, r_plain_raw, disk, r_device_cpu))
     print("\npretraining loader per worker process (SEN12MS s1 + s2 pair, RandomResizedCrop to 192, flips, "
           "normalisation; samples per CPU second of one process)")
     print(f"{'tile px':>7} {'samples':>7} {'GeoTIFF':>8} {'Zarr':>8} {'Zarr crop first':>16} {'uncompressed':>13} "
           f"{'best/GeoTIFF':>13} {'raw tiles':>10} {'raw, uncompr.':>14} {'crop+flip only':>15} {'no-op':>9} "
-          f"{'disk uncompr.':>14}")
-    for px, n, t, z, f, r, c, ready, u, ur, disk in rows:
+          f"{'disk uncompr.':>14} {'device path on CPU':>19}")
+    for px, n, t, z, f, r, c, ready, u, ur, disk, dev in rows:
         print(f"{px:>7} {n:>7} {t:>8.0f} {z:>8.0f} {f:>16.0f} {u:>13.0f} {max(z, f, u) / t:>12.1f}x {r:>10.0f} "
-              f"{ur:>14.0f} {c:>15.0f} {ready:>9.0f} {disk:>13.2f}x")
+              f"{ur:>14.0f} {c:>15.0f} {ready:>9.0f} {disk:>13.2f}x {dev:>19.0f}")
     print("workers one GPU needs (GPU consumption / per-worker rate):")
     for rate in (1000, 2000, 4000):
         need = "; ".join(f"{px} px: crop first {math.ceil(rate / f)} (uncompressed {math.ceil(rate / u)}), raw tiles "
                          f"{math.ceil(rate / r)} (uncompressed {math.ceil(rate / ur)}), GeoTIFF {math.ceil(rate / t)}"
-                         for px, _, t, z, f, r, _, _, u, ur, _ in rows)
+                         for px, _, t, z, f, r, _, _, u, ur, _, _ in rows)
         print(f"  at {rate} samples/s: {need}")
 
 
