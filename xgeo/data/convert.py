@@ -26,7 +26,6 @@ import copy
 import hashlib
 import json
 import multiprocessing
-import shutil
 from pathlib import Path
 
 import numpy as np
