@@ -47,6 +47,7 @@ from xgeo.catalog import get_dataset  # noqa: E402
 from xgeo.config import load_params  # noqa: E402
 from xgeo.data.convert import SPLIT_NAMES, convert, merge  # noqa: E402
 from xgeo.data.dataset import ZarrDataset  # noqa: E402
+from xgeo.data.device import random_boxes  # noqa: E402
 from xgeo.data.readers import read_raster, resize  # noqa: E402
 from xgeo.data.store import ChunkReader, open_store  # noqa: E402
 from xgeo.data.synth import synthesize  # noqa: E402
@@ -249,19 +250,9 @@ def bench_parts(tmp: Path, args) -> None:
 
 
 # ------------------------------------------------------------------------------------ 4. the pretraining loader
-def crop_box(h: int, w: int, g: torch.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (torchvision's sampling: area fraction and log-uniform aspect ratio, 10 tries)."""
-    area = h * w
-    for _ in range(10):
-        target = area * float(torch.empty(1).uniform_(*scale, generator=g))
-        r = math.exp(float(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)))
-        cw, ch = int(round(math.sqrt(target * r))), int(round(math.sqrt(target / r)))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
-            return top, left, ch, cw
-    s = min(h, w)
-    return (h - s) // 2, (w - s) // 2, s, s
+def crop_box(h: int, w: int, g: torch.Generator) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's window (top, left, height, width): xgeo.data.device's sampling, scale 0.2-1, ratio 3/4-4/3."""
+    return tuple(random_boxes(1, h, w, g)[0].tolist())
 
 
 def window_pair(g: torch.Generator, keys=("s1", "s2")):
