@@ -335,6 +335,7 @@ def test_store_info_and_cli(tmp_path_factory):
     assert info["labels"]["multilabel"]["shape"][1] == 19
     text = format_info(info)
     assert "[s2] sensor s2, uint16" in text and "B8A" in text and f"{info['samples']} samples" in text
+    assert info["layout"] == "original" and "(original layout)" in text
     mean_b02 = s2["stats"]["mean"][s2["bands"].index("B02")]
     assert f"{mean_b02:.5g}" in text
     res = CliRunner().invoke(main, ["data", "info", str(path), "--json"])

@@ -85,3 +85,52 @@ def test_dataloader_workers_0_and_2_identical(tmp_path_factory):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
+
+
+def test_crop_hook_runs_before_the_value_convention(tmp_path_factory):
+    """crop sees the native tiles of every modality (one window for the pair); the result equals the full sample's
+    window, so the convention and normalisation are per pixel and run on the crop only."""
+    path = store_of(tmp_path_factory, "mdas")  # DSM nodata: replaced by the band mean within the crop too
+    seen = []
+
+    def window(raw: dict) -> dict:
+        seen.append({k: (v.dtype, v.shape) for k, v in raw.items()})
+        return {k: v[:, 5:37, 9:50] for k, v in raw.items()}
+
+    full, cropped = ZarrDataset(path, split=None), ZarrDataset(path, split=None, crop=window)
+    for i in (0, len(full) - 1):
+        a, b = full[i], cropped[i]
+        for key in ("rgb", "dsm"):
+            assert b[key].shape == (a[key].shape[0], 32, 41)
+            torch.testing.assert_close(b[key], a[key][:, 5:37, 9:50])
+    assert seen[0]["rgb"][0] == np.uint8 and seen[0]["dsm"][0] == np.float32  # native dtypes
+
+
+def test_device_crop_normalize_equals_the_cpu_path(tmp_path_factory):
+    """raw=True tiles through xgeo.data.device.crop_normalize (one grid_sample a modality for the batch) equal the
+    CPU path: crop hook on native tiles, convention + normalisation, bilinear resize, flips; the DSM's nodata too."""
+    import torch.nn.functional as F
+
+    from xgeo.data.device import crop_normalize, random_boxes
+
+    path = store_of(tmp_path_factory, "mdas")
+    raw_ds, ds = ZarrDataset(path, split=None, raw=True), ZarrDataset(path, split=None)
+    idx = list(range(min(6, len(ds))))
+    batch = torch.utils.data.default_collate([raw_ds[i] for i in idx])
+    assert batch["rgb"].dtype == torch.uint8 and batch["dsm"].dtype == torch.float32
+    g = torch.Generator().manual_seed(3)
+    h, w = batch["rgb"].shape[-2:]
+    boxes = random_boxes(len(idx), h, w, g, scale=(0.05, 1.0))  # small windows: upsampled, edges clamped
+    flips = torch.tensor([[i % 2 == 0, i % 3 == 0] for i in idx])
+    out = crop_normalize(batch, ds, 48, boxes=boxes, flips=flips)
+    for j, i in enumerate(idx):
+        top, left, ch, cw = boxes[j].tolist()
+        for key in ("rgb", "dsm"):
+            want = ds[i][key][:, top:top + ch, left:left + cw]
+            want = F.interpolate(want[None], size=(48, 48), mode="bilinear", align_corners=False)[0]
+            if flips[j, 0]:
+                want = want.flip(-1)
+            if flips[j, 1]:
+                want = want.flip(-2)
+            torch.testing.assert_close(out[key][j], want, atol=2e-4, rtol=1e-4)
+    assert (boxes[:, 2] < 48).any() and (boxes[:, 2] > 48).any()  # both up- and downsampled windows were checked

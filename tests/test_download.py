@@ -206,7 +206,7 @@ def test_timeout_is_retried(server, sleeps, tmp_path):
 
 def test_not_found_is_not_retried(server, opts, sleeps, tmp_path):
     url = server.add("a.bin", b"x")
-    with pytest.raises(DataError, match=r"HTTP 404.*xgeo/catalog.py"):
+    with pytest.raises(DataError, match=r"HTTP 404.*xgeo/data/datasets/<id>.py"):
         dl._download(url.replace("a.bin", "moved.bin"), tmp_path / "a.bin", None, opts)
     assert sleeps == [] and len(server.requests) == 1
 

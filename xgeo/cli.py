@@ -67,27 +67,48 @@ def data() -> None:
     """Download, synthesise, convert and inspect datasets."""
 
 
+def _with_layout(params: dict, dataset: str, layout: str | None, split_files=()) -> dict:
+    """--layout NAME and --split-file SPLIT=PATH as data.datasets.<id>.layout / .split_files."""
+    from .catalog import get_dataset
+
+    get_dataset(dataset)  # an unknown id: one clear line
+    dp = params["data"]["datasets"].setdefault(dataset, {})
+    if layout is not None:
+        dp["layout"] = layout
+    for item in split_files:
+        split, sep, path = item.partition("=")
+        if not sep or not split or not path:
+            raise XGeoError(f"--split-file: expected SPLIT=PATH (e.g. train=/data/train_list.txt), found {item!r}")
+        dp.setdefault("split_files", {})[split] = str(Path(path).absolute())
+    return params
+
+
+_LAYOUT_HELP = "the on-disk layout (default: detected; data.datasets.<id>.layout)"
+
+
 @data.command("download")
 @click.argument("dataset")
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--layout", default=None, help="which release to fetch when there are several (bigearthnet: original = v1, v2 = reBEN)")
 @params_options
-def data_download(dataset: str, directory: str, params: dict) -> None:
+def data_download(dataset: str, directory: str, layout: str | None, params: dict) -> None:
     """Download DATASET into DIRECTORY (resumable, verified), or verify what the user placed there."""
     from .data.download import download_dataset
 
-    download_dataset(dataset, Path(directory), params)
+    download_dataset(dataset, Path(directory), _with_layout(params, dataset, layout))
 
 
 @data.command("synth")
 @click.argument("dataset")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=None, help="random seed (default: params seed)")
+@click.option("--layout", default=None, help="write this layout of the dataset (default: its original release)")
 @params_options
-def data_synth(dataset: str, directory: str, seed: int | None, params: dict) -> None:
-    """Write a synthetic DATASET in its real on-disk layout into DIRECTORY."""
+def data_synth(dataset: str, directory: str, seed: int | None, layout: str | None, params: dict) -> None:
+    """Write a synthetic DATASET in one of its real on-disk layouts into DIRECTORY."""
     from .data.synth import synthesize
 
-    synthesize(dataset, Path(directory), params, seed=params["seed"] if seed is None else seed)
+    synthesize(dataset, Path(directory), params, seed=params["seed"] if seed is None else seed, layout=layout)
 
 
 @data.command("raw")
@@ -114,12 +135,31 @@ def data_raw(dataset: str, directory: str, params: dict) -> None:
 @click.argument("raw_dir", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path())
 @click.option("--tile-size", type=int, default=None, help="tile size in pixels (default: data.datasets.<id>.tile_size)")
+@click.option("--layout", default=None, help=_LAYOUT_HELP)
+@click.option("--split-file", "split_files", multiple=True, metavar="SPLIT=PATH",
+              help="a split file given by path (repeatable; bigearthnet v2: metadata=PATH)")
+@click.option("--part", default=None, metavar="K/N", help="convert part K of N into OUT.parts/K-of-N.zarr (then 'xgeo data merge OUT')")
+@click.option("--workers", type=int, default=None, help="decoding processes (default: data.convert.workers)")
 @params_options
-def data_convert(dataset: str, raw_dir: str, out: str, tile_size: int | None, params: dict) -> None:
-    """Read DATASET from its real layout in RAW_DIR, tile it and write one Zarr v3 store OUT."""
-    from .data.convert import convert
+def data_convert(dataset: str, raw_dir: str, out: str, tile_size: int | None, layout: str | None, split_files,
+                 part: str | None, workers: int | None, params: dict) -> None:
+    """Read DATASET from its layout in RAW_DIR, tile it and write one Zarr v3 store OUT (or one part of it)."""
+    from .data.convert import convert, parse_part
 
-    convert(dataset, Path(raw_dir), Path(out), params, tile_size=tile_size)
+    params = _with_layout(params, dataset, layout, split_files)
+    written = convert(dataset, Path(raw_dir), Path(out), params, tile_size=tile_size,
+                      part=parse_part(part) if part else None, workers=workers)
+    click.echo(f"wrote {written}")
+
+
+@data.command("merge")
+@click.argument("out", type=click.Path())
+@params_options
+def data_merge(out: str, params: dict) -> None:
+    """Assemble the parts OUT.parts/K-of-N.zarr into the store OUT (all parts present, same settings)."""
+    from .data.convert import merge
+
+    click.echo(f"wrote {merge(Path(out), params)}")
 
 
 @data.command("info")

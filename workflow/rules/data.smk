@@ -20,11 +20,54 @@ rule raw:
         "{XGEO} data raw {wildcards.dataset} {params.directory} {SETS} > {log} 2>&1"
 
 
-rule convert:
+def convert_parts(dataset):
+    """data.convert.parts.<dataset>: parts converted as separate jobs (default 1: one pass)."""
+    return int(PARAMS["data"]["convert"].get("parts", {}).get(dataset, 1))
+
+
+def convert_inputs(wildcards):
+    n = convert_parts(wildcards.dataset)
+    if n == 1:
+        return [f"{RAW}/{wildcards.dataset}.done"]
+    return [f"{ZARR}/{wildcards.dataset}.zarr.parts/{k}-of-{n}.zarr" for k in range(1, n + 1)]
+
+
+# One part of a partitioned conversion (the SLURM profile runs each as its own job; a killed part reruns alone).
+rule convert_part:
+    wildcard_constraints:
+        dataset="[A-Za-z0-9-]+",
+        k="[0-9]+",
+        n="[0-9]+",
     input:
         f"{RAW}/{{dataset}}.done",
     params:
         raw=lambda wildcards: f"{RAW}/{wildcards.dataset}",
+        store=lambda wildcards: f"{ZARR}/{wildcards.dataset}.zarr",
+    output:
+        temp(directory(f"{ZARR}/{{dataset}}.zarr.parts/{{k}}-of-{{n}}.zarr")),
+    log:
+        "logs/data/convert_{dataset}_part{k}-of-{n}.log",
+    threads: PARAMS["workflow"]["data"]["threads"]
+    resources:
+        mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
+    shell:
+        "{XGEO} data convert {wildcards.dataset} {params.raw} {params.store} --part {wildcards.k}/{wildcards.n} "
+        "--workers {threads} {SETS} > {log} 2>&1"
+
+
+# One pass (data.convert.parts.<dataset> = 1), or the merge of the parts: a store is complete only after it.
+rule convert:
+    wildcard_constraints:
+        dataset="[A-Za-z0-9-]+",
+    input:
+        convert_inputs,
+    params:
+        raw=lambda wildcards: f"{RAW}/{wildcards.dataset}",
+        command=lambda wildcards, output, threads: (
+            f"convert {wildcards.dataset} {RAW}/{wildcards.dataset} {output[0]} --workers {threads}"
+            if convert_parts(wildcards.dataset) == 1
+            else f"merge {output[0]}"
+        ),
     output:
         directory(f"{ZARR}/{{dataset}}.zarr"),
     log:
@@ -33,7 +76,7 @@ rule convert:
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
     shell:
-        "{XGEO} data convert {wildcards.dataset} {params.raw} {output} {SETS} > {log} 2>&1"
+        "{XGEO} data {params.command} {SETS} > {log} 2>&1"
 
 
 rule data:

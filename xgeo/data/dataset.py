@@ -30,12 +30,17 @@ class ZarrDataset(torch.utils.data.Dataset):
     path: the store; modalities: keys to return (default: all of the store's); split: "train" | "val" | "test" |
     None (all); indices: store indices to use (default: every sample of ``split``; each must lie in ``split``
     when both are given); labels: label names to return (e.g. ("multilabel",)); normalize: see the module doc;
-    augment: callable applied to the finished sample dict.
+    augment: callable applied to the finished sample dict; crop: callable applied first to the native tiles
+    ``{key: ndarray (C, H, W)}`` (e.g. a RandomResizedCrop's window, the same for a co-located pair), so that the
+    value convention and normalisation run on the crop only (resize it in ``augment``); raw: return the tiles in
+    their native dtype, untouched (value convention, crop and normalisation then run on the training device:
+    ``xgeo.data.device.crop_normalize``).
     """
 
     def __init__(self, path: str | os.PathLike, modalities: Sequence[str] | None = None, split: str | None = "train",
                  indices: Sequence[int] | None = None, labels: Sequence[str] = (), normalize: bool = True,
-                 augment: Callable[[dict], dict] | None = None):
+                 augment: Callable[[dict], dict] | None = None,
+                 crop: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None, raw: bool = False):
         self.path = Path(path)
         root = open_store(self.path)
         attrs = dict(root.attrs)
@@ -77,7 +82,7 @@ class ZarrDataset(torch.utils.data.Dataset):
             self._mean[k] = np.nan_to_num(mean, nan=0.0).astype(np.float32)
             self._std[k] = np.where(np.isfinite(std) & (std > 0), std, 1.0).astype(np.float32)
             self._sensor[k] = SENSORS[available[k]["sensor"]]
-        self.normalize, self.augment = normalize, augment
+        self.normalize, self.augment, self.crop, self.raw = normalize, augment, crop, raw
         self._readers: dict[str, ChunkReader] | None = None
         self._pid = None
 
@@ -126,8 +131,11 @@ class ZarrDataset(torch.utils.data.Dataset):
         idx = int(self.indices[i])
         readers = self._open()
         out: dict = {}
+        raw = {k: readers[f"{k}/data"][idx] for k in self.keys}
+        if self.crop is not None:
+            raw = self.crop(raw)
         for k in self.keys:
-            out[k] = self.load(k, readers[f"{k}/data"][idx])
+            out[k] = torch.from_numpy(raw[k].copy()) if self.raw else self.load(k, raw[k])
         for name in self.label_names:
             y = readers[f"labels/{name}"][idx]
             out[f"labels/{name}"] = torch.from_numpy(y.astype(np.float32 if y.ndim == 1 else np.int64))

@@ -53,7 +53,8 @@ from typing import IO
 from tqdm import tqdm
 
 from .. import __version__
-from ..catalog import DatasetSpec, Source, get_dataset
+from .datasets import LAYOUTS, get_dataset
+from .spec import DatasetSpec, Source
 from ..errors import ChecksumError, DataError, XGeoError
 from ..io import write_json
 
@@ -230,7 +231,7 @@ def _attempt(url: str, part: _PartFile, opts: DownloadOptions, label: str) -> No
             raise _Retry(f"HTTP {exc.code} {exc.reason}") from None
         raise DataError(
             f"{url}: HTTP {exc.code} {exc.reason} while fetching {label}; expected the file to be there. "
-            "The source may have moved: update its Source in xgeo/catalog.py, or place the file by hand"
+            "The source may have moved: update its Source in xgeo/data/datasets/<id>.py, or place the file by hand"
         ) from None
     except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, time-out
         raise _Retry(f"{type(exc).__name__}: {exc}") from None
@@ -468,7 +469,7 @@ def _extract(archive: Path, destination: Path) -> list[str]:
     kind = archive_kind(archive.name)
     if kind is None:
         raise DataError(f"{archive}: expected a .zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz or .tar.zst archive to "
-                        "extract, found another file type; set extract=False on its Source in xgeo/catalog.py")
+                        "extract, found another file type; set extract=False on its Source in xgeo/data/datasets/<id>.py")
     destination.mkdir(parents=True, exist_ok=True)
     for stale in destination.glob(f"{_EXTRACT_PREFIX}{archive.name}.*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
@@ -494,7 +495,7 @@ def _extract(archive: Path, destination: Path) -> list[str]:
 def _rel(source: Source) -> str:
     parts = PurePosixPath(source.filename).parts
     if not parts or PurePosixPath(source.filename).is_absolute() or ".." in parts:
-        raise XGeoError(f"xgeo/catalog.py: Source filename {source.filename!r}: expected a relative path inside DIR")
+        raise XGeoError(f"xgeo/data/datasets/<id>.py: Source filename {source.filename!r}: expected a relative path inside DIR")
     return PurePosixPath(*parts).as_posix()
 
 
@@ -530,7 +531,7 @@ def fetch(source: Source, directory: Path, opts: DownloadOptions, manifest: Mani
     """Download one automatic source into ``directory`` (skipped when already verified), then extract it
     (into ``into``, default ``directory``) when ``source.extract`` says so. Returns the file's path."""
     if source.url is None:
-        raise XGeoError(f"xgeo/catalog.py: Source {source.filename!r} has no URL and is not marked manual")
+        raise XGeoError(f"xgeo/data/datasets/<id>.py: Source {source.filename!r} has no URL and is not marked manual")
     rel = _rel(source)
     path = directory / rel
     if not path.exists() and source.extract and _extracted(source, directory, source.md5, manifest, into):
@@ -615,17 +616,21 @@ def download_dataset(dataset: str, directory: Path, params: dict) -> None:
     See the module docstring for the rules (resume, retries, md5, extraction, manual sources, GeoPile's mirrors).
     Raises DataError listing the required manual files that are still missing, after doing everything else.
     """
-    try:
-        spec: DatasetSpec = get_dataset(dataset)
-    except KeyError as exc:
-        raise XGeoError(str(exc.args[0])) from None
+    spec: DatasetSpec = get_dataset(dataset)
+    # files of one layout only (BigEarthNet v1 or v2): data.datasets.<id>.layout, else the first layout's
+    layout = (params.get("data", {}).get("datasets", {}).get(dataset) or {}).get("layout")
+    names = list(LAYOUTS[dataset])
+    if layout is not None and layout not in names:
+        raise XGeoError(f"{dataset}: expected a layout among {names} to download, found {layout!r}")
+    layout = layout or names[0]
+    sources = [s for s in spec.sources if s.layout in (None, layout)]
     opts = DownloadOptions.from_params(params)
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(directory)
 
-    manual = [s for s in spec.sources if s.manual]
-    automatic = [s for s in spec.sources if not s.manual]
+    manual = [s for s in sources if s.manual]
+    automatic = [s for s in sources if not s.manual]
     folders = [s for s in manual if is_folder(s)]
     # automatic parts of a manual folder (GeoPile's mirrors) are extracted into that folder
     home = directory / _rel(folders[0]) if folders else None

@@ -86,6 +86,28 @@ class _Histogram:
         return float(min(max(centre, vmin), vmax))
 
 
+def _merge_hist(a: "_Histogram | None", b: "_Histogram | None") -> "_Histogram | None":
+    """One histogram holding the counts of ``a`` and ``b``. Same grid (fixed ranges): counts added, exact. Adaptive
+    grids: ``a``'s grid grown (doubling, as in ``_grow``) over both ranges, ``b``'s bins added at their centres, so a
+    percentile moves by at most one bin of the merged grid."""
+    if a is None or b is None:
+        return a if b is None else b
+    out = _Histogram(a.origin, a.width, a.nbins, a.fixed)
+    out.counts = a.counts.copy()
+    if (a.origin, a.width, a.nbins) == (b.origin, b.width, b.nbins):
+        out.counts += b.counts
+        return out
+    nz = np.flatnonzero(b.counts)
+    if nz.size == 0:
+        return out
+    centres = b.origin + (nz + 0.5) * b.width
+    if not out.fixed:
+        out._grow(float(centres.min()), float(centres.max()))
+    idx = np.clip(np.floor((centres - out.origin) / out.width).astype(np.int64), 0, out.nbins - 1)
+    np.add.at(out.counts, idx, b.counts[nz])
+    return out
+
+
 class StreamingStats:
     """Per-band statistics of one modality over a stream of tiles (C, H, W) after the sensor value convention."""
 
@@ -130,6 +152,42 @@ class StreamingStats:
             if self.hists[c] is None:
                 self.hists[c] = self._new_hist(v)
             self.hists[c].update(v)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to merge these statistics with another part's (arrays, for np.savez)."""
+        out = {"count": self.count, "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max}
+        for c, h in enumerate(self.hists):
+            if h is not None:
+                out[f"hist{c}"] = h.counts
+                out[f"hist{c}_grid"] = np.array([h.origin, h.width, h.nbins, h.fixed], dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_state(cls, sensor: Sensor, percentiles, state) -> "StreamingStats":
+        st = cls(sensor, len(state["count"]), percentiles)
+        st.count, st.mean, st.m2 = (np.array(state[k]) for k in ("count", "mean", "m2"))
+        st.min, st.max = np.array(state["min"]), np.array(state["max"])
+        for c in range(st.num_bands):
+            if f"hist{c}" in state:
+                origin, width, nbins, fixed = state[f"hist{c}_grid"]
+                h = _Histogram(origin, width, int(nbins), bool(fixed))
+                h.counts = np.array(state[f"hist{c}"], dtype=np.int64)
+                st.hists[c] = h
+        return st
+
+    def merge(self, other: "StreamingStats") -> None:
+        """Add another part's statistics: count, mean and M2 by Chan et al.'s pairwise formula (exact up to float
+        rounding), min/max exact, histograms by :func:`_merge_hist`."""
+        na, nb = self.count.astype(np.float64), other.count.astype(np.float64)
+        tot = na + nb
+        safe = np.where(tot > 0, tot, 1.0)
+        delta = other.mean - self.mean
+        self.mean = np.where(tot > 0, self.mean + delta * nb / safe, 0.0)
+        self.m2 = self.m2 + other.m2 + delta * delta * na * nb / safe
+        self.count = self.count + other.count
+        self.min = np.minimum(self.min, other.min)
+        self.max = np.maximum(self.max, other.max)
+        self.hists = [_merge_hist(a, b) for a, b in zip(self.hists, other.hists)]
 
     def result(self) -> dict:
         """{count, mean, std, min, max, p<q>..., p_error}: per-band lists (JSON-ready; NaN where a band had no data)."""

@@ -41,7 +41,7 @@ def open_store(path: str | os.PathLike) -> zarr.Group:
 class ChunkReader:
     """Per-sample reads of one array of a store: ``reader[i] -> ndarray (*array.shape[1:])``.
 
-    Fast path for arrays with one chunk per sample inside shards (bytes little-endian + zstd; index at the end with
+    Fast path for arrays with one chunk per sample inside shards (bytes little-endian [+ zstd]; index at the end with
     crc32c); zarr's reader otherwise. Picklable: file handles and caches are per process.
     """
 
@@ -69,13 +69,14 @@ class ChunkReader:
             cfg = codec["configuration"]
             inner = [c["name"] for c in cfg["codecs"]]
             ok = (codec["name"] == "sharding_indexed" and cfg["index_location"] == "end"
-                  and inner == ["bytes", "zstd"] and cfg["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
+                  and inner in (["bytes", "zstd"], ["bytes"]) and cfg["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
                   and [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
                   and cfg["chunk_shape"] == [1, *self.shape[1:]]
                   and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
                   and self.dtype is not None and self.dtype.kind in "biuf")
             shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
             ok = ok and list(shard[1:]) == list(self.shape[1:])
+            self._compressed = len(inner) == 2
             return int(shard[0]) if ok else None
         except (KeyError, TypeError, ValueError):
             return None
@@ -116,6 +117,24 @@ class ChunkReader:
     def _shard_path(self, s: int) -> Path:
         return self.store / self.name / "c" / str(s) / Path(*["0"] * (len(self.shape) - 1))
 
+    def raw_chunk(self, i: int) -> bytes | None:
+        """The stored (compressed) bytes of sample ``i``'s chunk, or None when it was never written (all fill value).
+        Fast layout only (``per_shard`` not None)."""
+        s, j = divmod(int(i), self.per_shard)
+        fd = self._fd(s)
+        index = self._shard_index(s, fd)
+        offset, length = index[j]
+        return None if offset == _EMPTY else os.pread(fd, int(length), int(offset))
+
+    def _shard_index(self, s: int, fd: int) -> np.ndarray:
+        index = self._index.get(s)
+        if index is None:
+            nbytes = 16 * self.per_shard + 4
+            size = os.fstat(fd).st_size
+            index = np.frombuffer(os.pread(fd, nbytes, size - nbytes)[:-4], dtype="<u8").reshape(-1, 2)
+            self._index[s] = index
+        return index
+
     def __getitem__(self, i: int) -> np.ndarray:
         i = int(i)
         if not 0 <= i < self.shape[0]:
@@ -128,16 +147,12 @@ class ChunkReader:
             return np.asarray(self._array[i])
         s, j = divmod(i, self.per_shard)
         fd = self._fd(s)
-        index = self._index.get(s)
-        if index is None:
-            nbytes = 16 * self.per_shard + 4
-            size = os.fstat(fd).st_size
-            index = np.frombuffer(os.pread(fd, nbytes, size - nbytes)[:-4], dtype="<u8").reshape(-1, 2)
-            self._index[s] = index
-        offset, length = index[j]
+        offset, length = self._shard_index(s, fd)[j]
         if offset == _EMPTY:
             return np.full(self.shape[1:], self.fill_value, dtype=self.dtype)
         raw = os.pread(fd, int(length), int(offset))
+        if not self._compressed:
+            return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape[1:])
         if self._zstd is None:
             from numcodecs import Zstd
 
@@ -155,6 +170,7 @@ def store_info(path: str | os.PathLike) -> dict:
     attrs = dict(root.attrs)
     info = {"path": str(path), "dataset": attrs["dataset"], "title": attrs.get("title"), "source": attrs.get("source"),
             "task": attrs.get("task"), "tile_size": attrs.get("tile_size"), "samples": int(root["ids"].shape[0]),
+            "layout": attrs.get("layout"), "parts": attrs.get("parts"),
             "splits": attrs.get("splits", {}), "pairs": attrs.get("pairs", []), "modalities": {}, "labels": {}}
     for key in attrs["modalities"]:
         arr = root[f"{key}/data"]
@@ -181,7 +197,9 @@ def _num(v) -> str:
 def format_info(info: dict) -> str:
     """A readable summary of :func:`store_info`: header, splits, then one table of band statistics per modality."""
     lines = [f"{info['path']}: {info['dataset']} ({info['title']})",
-             f"source {info['source']}, task {info['task'] or '-'}, tile {info['tile_size']} px, "
+             f"source {info['source']} ({info.get('layout') or '-'} layout"
+             + (f", merged from {info['parts']} parts" if info.get("parts") else "") + "), "
+             f"task {info['task'] or '-'}, tile {info['tile_size']} px, "
              f"{info['samples']} samples: " + ", ".join(f"{s} {n}" for s, n in info["splits"].items())]
     if info["pairs"]:
         lines.append("pairs: " + ", ".join(" + ".join(p) for p in info["pairs"]))
