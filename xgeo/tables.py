@@ -216,6 +216,7 @@ def missing_inputs(params: Mapping, c: Cell) -> str | None:
     if weights is not None and not weights.exists():
         return f"initial weights {weights} not supplied (finetune.weights.{c.init}: put the timm state dict there)"
     teacher = experiment_overrides(params, pretraining_of(params, c.experiment)).get("pretrain.teacher")
+    teacher = teacher.get("path") if isinstance(teacher, Mapping) else teacher  # {arch, path} or a bare path
     if teacher and not Path(teacher).exists():
         return (f"teacher weights {teacher} of experiment {pretraining_of(params, c.experiment)!r} not supplied "
                 f"(experiments.{c.experiment}.pretrain.teacher: put the teacher's weight file there)")
