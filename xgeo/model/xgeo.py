@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import XGeoError
 from ..sensors import get_sensor
 from .embed import PATCH_SIZE, SensorEmbedding
-from .moe import MoE, TutelMoE, build_moe
+from .moe import MoE, TutelMoE, build_moe, is_bias
 
 ENCODER_STRIDE = 32  # SwinV2: patch 4 x three 2x patch mergings; SimMIM's decoder upsamples by this
 
@@ -157,7 +157,7 @@ class XGeo(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Expert biases (3-d tensors, so a 'p.ndim <= 1' rule misses them), the mask token, SwinV2's scales."""
         names = {"mask_token"} | {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
-        return names | {n for n in self.expert_parameter_names() if n.rsplit(".", 1)[-1] in ("b1", "b2")}
+        return names | {n for n in self.expert_parameter_names() if is_bias(n)}
 
     def aux_loss(self, device: torch.device) -> torch.Tensor:
         """aux_weight x sum of the last forward's l_aux over MoE blocks (a zero tensor for the dense model)."""

@@ -81,6 +81,10 @@ def save(path: Path, model, objective, optimizer, scheduler, sampler, params, st
     """Write ``path`` (rank 0) with every rank's RNG state; every rank waits for it."""
     from ..model.checkpoint import save_checkpoint
 
+    # every rank: the tutel backend's state dict gathers each rank's experts (a collective)
+    model_state = model.state_dict()
+    extra = {f"{name}.{k}": v for name, child in objective.named_children() if name != "model"
+             for k, v in child.state_dict().items()}  # what an objective adds to the model (distillation projection)
     state = rng_state()
     if info.enabled:
         import torch.distributed as dist
@@ -91,7 +95,7 @@ def save(path: Path, model, objective, optimizer, scheduler, sampler, params, st
         ranks = [state]
     if info.is_main:
         ckpt = {
-            "model": model.state_dict(),
+            "model": model_state,
             "model_config": model_config(model, params),
             "params": params,
             "step": step,
@@ -101,8 +105,7 @@ def save(path: Path, model, objective, optimizer, scheduler, sampler, params, st
             "rng": {"ranks": ranks},
             "xgeo_version": XGEO_VERSION,
         }
-        extra = {k: v for k, v in objective.state_dict().items() if not k.startswith("model.")}
-        if extra:  # what an objective adds to the model (the distillation projection)
+        if extra:
             ckpt["objective"] = extra
         save_checkpoint(path, ckpt)
     dist_utils.barrier(info)
