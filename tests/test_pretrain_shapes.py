@@ -228,3 +228,17 @@ def test_bare_teacher_path_needs_a_timm_name(tmp_path):
     with pytest.raises(XGeoError, match=r"clip_vit_b16\.pth.*not a timm model name.*\{arch: "):
         teacher_spec("weights/clip_vit_b16.pth")
     assert teacher_spec("weights/vit_tiny_patch16_224.pth")["arch"] == "vit_tiny_patch16_224"
+
+
+def test_tiles_smaller_than_the_input_are_named():
+    from xgeo.pretrain.data import GroupLayout, small_tiles
+
+    stores = {"sen12ms": {"path": "z/sen12ms.zarr", "shapes": {"s1": (4, 2, 256, 256), "s2": (4, 13, 256, 256)}},
+              "mdas": {"path": "z/mdas.zarr", "shapes": {"rgb": (4, 3, 96, 96), "dsm": (4, 1, 96, 96)}}}
+    layouts = {"sen12ms": GroupLayout("sen12ms", {"s1": "s1", "s2": "s2"}, {}),
+               "mdas": GroupLayout("mdas", {"rgb": "rgb", "dsm": "dsm"}, {})}
+    params = {"pretrain": {"groups": {"sen12ms": {"datasets": ["sen12ms"]}, "mdas": {"datasets": ["mdas"]}}}}
+    lines = small_tiles(stores, layouts, params, 192)
+    assert len(lines) == 2 and all("mdas.zarr" in s and "96 x 96 px" in s and "data.datasets.mdas.tile_size" in s
+                                   for s in lines)
+    assert small_tiles(stores, layouts, params, 96) == []

@@ -51,3 +51,18 @@ def test_bad_epochs_are_refused(load):
 def test_warmup_multistep():
     f = WarmupMultiStep(1e-3, 0.0, 10, [20], 0.1)
     assert [round(f(s) * 1e-3, 8) for s in (0, 5, 10, 19, 20, 30)] == [0.0, 5e-4, 1e-3, 1e-3, 1e-4, 1e-4]
+
+
+def test_ablation_tables_finetune_from_the_ablation_pretraining(load):
+    """Paper profile: the XGeo rows of Tables 5, 6, 7, 10, 13, 14 finetune from xgeo-ablation (100 epochs), Table 3's
+    from xgeo (800 epochs); the demo keeps one pretraining (no ablation experiment)."""
+    from xgeo import tables
+
+    paper = load("profile=paper")
+    assert resolve_schedule(load("profile=paper", experiment="xgeo-ablation"), 10)["total_steps"] == 1000
+    experiments = {name: {c.experiment for c in tables.required_cells(name, paper) if c.init == "xgeo"}
+                   for name in ("table3", "table6", "table13")}
+    assert experiments == {"table3": {"xgeo"}, "table6": {"homogeneous", "xgeo-ablation"},
+                           "table13": {"xgeo-ablation"}}
+    demo = load()
+    assert {c.experiment for c in tables.required_cells("table6", demo) if c.init == "xgeo"} == {"homogeneous", "xgeo"}

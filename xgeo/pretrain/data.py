@@ -114,6 +114,19 @@ def check_against_model(model, stores: dict[str, dict], layouts: dict[str, Group
             )
 
 
+def small_tiles(stores: dict[str, dict], layouts: dict[str, GroupLayout], params: dict, img_size: int) -> list[str]:
+    """One line per modality whose stored tiles are smaller than the model input (the crop enlarges them)."""
+    out = []
+    for g, c in params["pretrain"]["groups"].items():
+        for ds in c["datasets"]:
+            for key in layouts[g].sensors:
+                h, w = stores[ds]["shapes"][key][-2:]
+                if min(h, w) < img_size:
+                    out.append(f"{stores[ds]['path']}: modality {key!r} has {h} x {w} px tiles, smaller than the "
+                               f"model input ({img_size} px); the crop enlarges them (set data.datasets.{ds}.tile_size)")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- the crop
 def crop_box(rng: np.random.Generator, scale: Sequence[float], ratio: Sequence[float],
              attempts: int = 10) -> tuple[float, float, float, float]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -29,8 +30,8 @@ from ..io import atomic_path, write_text
 from ..runtime import configure as configure_runtime
 from . import distributed as dist_utils
 from . import state as run_state
-from .data import (NonFiniteInput, StepData, check_against_model, group_layouts, read_store_attrs, step_batches,
-                   to_device)
+from .data import (NonFiniteInput, StepData, check_against_model, group_layouts, read_store_attrs, small_tiles,
+                   step_batches, to_device)
 from .metrics import METRICS_NAME, MetricsLog, log_record, mlflow_metrics
 from .objective import CrossSensorObjective, group_weights
 from .optim import make_optimizer
@@ -101,6 +102,9 @@ def _run(params, out, stores, layouts, ckpt, info, steps, checkpoint_every, on_s
     torch.manual_seed(seed)  # identical initial weights on every rank (DDP broadcasts rank 0's anyway)
     model = build_model(params).to(device)
     check_against_model(model, stores, layouts, params)
+    if info.is_main:
+        for line in small_tiles(stores, layouts, params, model.img_size):
+            warnings.warn(line, stacklevel=1)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
