@@ -62,7 +62,7 @@ def _batch(params, dense: bool, device, img: int):
 
     from xgeo.catalog import get_dataset
     from xgeo.pretrain.masking import MaskGenerator, choose_cross
-    from xgeo.pretrain.train import GroupLayout
+    from xgeo.pretrain.data import GroupLayout
     from xgeo.sensors import get_sensor
 
     cfg = params["pretrain"]
@@ -90,10 +90,10 @@ def _batch(params, dense: bool, device, img: int):
                 "cross": {k: torch.from_numpy(choose_cross(rng, n, cfg["cross_ratio"])) for k in partner},
                 "count": n,
             }
-    from xgeo.pretrain.train import _to_device
+    from xgeo.pretrain.data import to_device
 
     images = sum(len(gb["images"]) * gb["count"] for gb in batch.values())
-    return layouts, _to_device(batch, device), images
+    return layouts, to_device(batch, device), images
 
 
 def _setup(size: str, dense: bool, device, batch: dict | None, allocator: str):
@@ -101,7 +101,9 @@ def _setup(size: str, dense: bool, device, batch: dict | None, allocator: str):
     import torch
 
     from xgeo.model import build_model
-    from xgeo.pretrain.train import CrossSensorObjective, _autocast, make_optimizer
+    from xgeo.pretrain.objective import CrossSensorObjective
+    from xgeo.pretrain.optim import make_optimizer
+    from xgeo.pretrain.train import _autocast
     from xgeo.runtime import configure
 
     torch.manual_seed(0)

@@ -220,6 +220,43 @@ def test_set_input_size_runs_other_sizes(params):
         model.set_input_size(100)
 
 
+def test_encode_is_one_pass_equal_to_each_sensor_alone(dense):
+    """XGeo.encode concatenates a step's sensors along the batch and encodes once; for the dense model (no routing
+    shared across the batch) each item's z equals forward_encoder of that item alone, with the mask token applied."""
+    torch.manual_seed(0)
+    dense.eval()
+    items = [("rgb", torch.randn(2, 3, 64, 64), _mask(2)), ("s1", torch.randn(1, 2, 64, 64), None),
+             ("s2", torch.randn(3, 13, 64, 64), _mask(3, seed=1))]
+    calls = []
+    hook = dense.encoder.layers[0].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        zs, aux = dense.encode(items)
+    finally:
+        hook.remove()
+    assert calls == [6]  # one encoder pass over the 2 + 1 + 3 images
+    assert [tuple(z.shape) for z in zs] == [(2, dense.num_features, 2, 2), (1, dense.num_features, 2, 2),
+                                            (3, dense.num_features, 2, 2)]
+    for (sensor, x, mask), z in zip(items, zs):
+        alone, _ = dense.forward_encoder(x, sensor, mask)
+        assert torch.allclose(z, alone, atol=1e-5)
+    _, _, stages = dense.encode(items, return_stages=True)
+    assert [tuple(f.shape[-2:]) for f in stages[2]] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert torch.equal(stages[2][-1], zs[2])
+
+
+def test_every_path_refuses_an_input_of_another_size(params):
+    """The model runs only at its img_size (windows and masks depend on it): encode, forward_encoder, forward,
+    forward_features all name the sensor, the expected and the found size."""
+    model = _model(params, "model.moe.enabled=false")
+    x = torch.randn(1, 3, 96, 96)
+    calls = [lambda: model.encode([("rgb", torch.randn(1, 3, 64, 64), None), ("rgb", x, None)]),
+             lambda: model.forward_encoder(x, "rgb"), lambda: model.forward(x, "rgb", torch.zeros(1, 24, 24)),
+             lambda: model.forward_features(x, "rgb")]
+    for call in calls:
+        with pytest.raises(XGeoError, match=r"rgb input of shape \(1, 3, 96, 96\): expected \(B, C, 64, 64\).*found \(96, 96\)"):
+            call()
+
+
 def test_unknown_sensor_and_bad_config_are_clear_errors(params, demo):
     with pytest.raises(XGeoError, match="wv3_pan"):
         demo.forward_encoder(torch.randn(1, 1, 64, 64), "wv3_pan")

@@ -235,3 +235,94 @@ def test_tutel_backend_runs_and_marks_experts():
     y = layer(torch.randn(2, 8, 16))
     assert y.shape == (2, 8, 16) and torch.isfinite(layer.aux_loss)
     assert layer.expert_parameters() and all(p.skip_allreduce for p in layer.expert_parameters())
+
+
+# ---------------------------------------------------------------------------------- expert-parallel checkpoints
+class _ShardedExperts(torch.nn.Module):
+    """A rank's shard of E experts, checkpointed through the tutel backend's own hooks (tutel itself absent)."""
+
+    def __init__(self, num_experts, rank, world):
+        super().__init__()
+        from xgeo.model.moe import _gather_expert_state, _shard_expert_state
+
+        self.rank, self.world = rank, world
+        local = num_experts // world
+        # tutel-like layouts: experts on axis 1 of fc1 (1, E_local, h, d), on axis 0 of the biases
+        self.fc1_w = torch.nn.Parameter(torch.zeros(1, local, 6, 4))
+        self.fc1_bias = torch.nn.Parameter(torch.zeros(local, 1, 6))
+        self.gate = torch.nn.Linear(4, num_experts, bias=False)  # replicated: not an expert parameter
+        self._register_state_dict_hook(_gather_expert_state)
+        self.register_load_state_dict_pre_hook(_shard_expert_state)
+
+    def expert_parameter_names(self):
+        return ["fc1_w", "fc1_bias"]
+
+
+def _full_experts(E):
+    return {"fc1_w": torch.arange(E * 24, dtype=torch.float32).view(1, E, 6, 4),
+            "fc1_bias": torch.arange(E * 6, dtype=torch.float32).view(E, 1, 6)}
+
+
+def _two_rank_save(rank, world, init, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    m = _ShardedExperts(4, rank, world)
+    full = _full_experts(4)
+    with torch.no_grad():  # rank r holds experts 2r, 2r + 1
+        m.fc1_w.copy_(full["fc1_w"][:, 2 * rank: 2 * rank + 2])
+        m.fc1_bias.copy_(full["fc1_bias"][2 * rank: 2 * rank + 2])
+    state = m.state_dict()  # every rank: a collective
+    if rank == 0:
+        torch.save(state, out)
+    dist.destroy_process_group()
+
+
+def test_expert_parallel_checkpoint_holds_every_expert_and_loads_with_other_process_counts(tmp_path):
+    """Two gloo processes, 2 experts each: the saved state holds all 4 experts in rank order; it loads into one
+    process (all 4) and into rank 2 of 4 processes (expert 2 only)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "experts.pt"
+    mp.spawn(_two_rank_save, args=(2, f"file://{tmp_path}/pg", str(out)), nprocs=2, join=True)
+    state = torch.load(out)
+    full = _full_experts(4)
+    # both ranks' shards, stacked in rank order
+    assert state["fc1_w"].shape == (2, 1, 2, 6, 4)
+    assert torch.equal(torch.cat(list(state["fc1_w"]), 1), full["fc1_w"])
+    assert torch.equal(torch.cat(list(state["fc1_bias"]), 0), full["fc1_bias"])
+    two = _ShardedExperts(4, 1, 2)
+    two.load_state_dict(state)
+    assert torch.equal(two.fc1_w, full["fc1_w"][:, 2:])
+    one = _ShardedExperts(4, 0, 1)
+    one.load_state_dict(state)
+    assert torch.equal(one.fc1_w, full["fc1_w"])
+    quarter = _ShardedExperts(4, 2, 4)
+    quarter.load_state_dict(state)
+    assert torch.equal(quarter.fc1_w, full["fc1_w"][:, 2:3]) and torch.equal(quarter.fc1_bias, full["fc1_bias"][2:3])
+    with pytest.raises(XGeoError, match="cannot be split over 3 processes"):
+        _ShardedExperts(3, 0, 3).load_state_dict(state)
+    # a one-process checkpoint (all 4 experts, stacked once) loads into 2 processes
+    one_state = one.state_dict()
+    assert one_state["fc1_w"].shape == (1, 1, 4, 6, 4)
+    again = _ShardedExperts(4, 1, 2)
+    again.load_state_dict(one_state)
+    assert torch.equal(again.fc1_bias, full["fc1_bias"][2:])
+
+
+def test_expert_biases_out_of_weight_decay_and_one_init_for_both_backends():
+    from xgeo.model.moe import init_moe_parameters, is_bias
+
+    assert [is_bias(n) for n in ("blocks.1.mlp.b1", "layer.experts.batched_fc1_bias", "mlp.w1", "x.fc2_w")] == \
+        [True, True, False, False]
+    torch.manual_seed(3)
+    native = MoE(32, 64, num_experts=4)
+    # tutel's names and layouts: the same init, by name (weights trunc normal 0.02, biases zero)
+    tutel_like = [("experts.batched_fc1_w", torch.ones(1, 4, 64, 32)), ("experts.batched_fc1_bias", torch.ones(4, 1, 64)),
+                  ("experts.batched_fc2_w", torch.ones(1, 4, 64, 32)), ("gates.0.wg.weight", torch.ones(4, 32))]
+    init_moe_parameters(tutel_like)
+    for (name, t), ref in zip(tutel_like, (native.w1, native.b1, native.w2, native.gate.weight)):
+        if is_bias(name):
+            assert not t.any() and not ref.any(), name
+        else:
+            assert float(t.std()) == pytest.approx(0.02, rel=0.15) and float(ref.std()) == pytest.approx(0.02, rel=0.15)

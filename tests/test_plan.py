@@ -17,10 +17,6 @@ from test_finetune import SMALL
 from test_pretrain import COUNTS, write_pretrain_stores
 
 ROOT = Path(__file__).resolve().parents[1]
-# what a1's pretraining crop makes unnecessary: pretraining tiles at least the 192 px input under the paper profile
-PAPER_PRETRAIN_TILES = ["data.datasets.geopile.tile_size=192", "data.datasets.millionaid.tile_size=192",
-                        "data.datasets.sen12ms.tile_size=256", "data.datasets.mdas.tile_size=384",
-                        "data.datasets.mdas.resize_to=384"]
 NO_GPUS = ["workflow.pretrain.gpu=0", "workflow.finetune.gpu=0"]
 
 
@@ -60,7 +56,7 @@ def test_demo_plan_with_stores_passes_and_reads_them(load, demo_zarr):
 
 
 def test_paper_plan_without_stores(load):
-    plan = run_plan(load("profile=paper", *NO_GPUS, *PAPER_PRETRAIN_TILES), stores=False, measure=False)
+    plan = run_plan(load("profile=paper", *NO_GPUS), stores=False, measure=False)
     text = plan.text()
     assert "input 192 px; stage grid/window 48/12 24/12 12/12 6/6" in text
     assert "mask grid 6 x 6 (32 px cells): 22 of 36 masked" in text
@@ -77,7 +73,7 @@ def test_paper_plan_on_this_machine_names_each_problem(load):
     keys = [p.split(":")[0] for p in plan.problems]
     assert keys[0] == "workflow.pretrain.gpu" and "workflow.finetune.gpu" in keys
     assert "8 GPU(s) per node asked for, torch sees no CUDA device" in plan.problems[0]
-    missing = make_plan(load("profile=paper", *NO_GPUS, *PAPER_PRETRAIN_TILES, "paths.zarr=/nonexistent"),
+    missing = make_plan(load("profile=paper", *NO_GPUS, "paths.zarr=/nonexistent"),
                         stores=True, measure=False).problems
     assert len(missing) == 8 and all("store of dataset" in p and "missing" in p for p in missing)
 

@@ -27,12 +27,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(load, tmp_path):
     whole = read_metrics(tmp_path / "whole" / "metrics.jsonl")
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "xgeo.cli", "pretrain", "--out", str(killed), "--steps", str(STEPS),
-           "--checkpoint-every", str(EVERY), "--params", str(ROOT / "params.yaml"),
-           "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    cmd = [sys.executable, str(ROOT / "tests" / "pretrain_with_callbacks.py"), str(killed), str(STEPS), str(EVERY),
+           "--kill-at", str(KILL), "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     for o in overrides:
         cmd += ["--set", o]
-    env = {**os.environ, "XGEO_KILL_AT_STEP": str(KILL), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == list(range(1, KILL + 1))

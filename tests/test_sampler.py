@@ -51,25 +51,37 @@ def test_ranks_read_disjoint_shards_of_the_same_global_batch():
     assert len(set(got)) == 40  # together the two ranks read the rgb group once
 
 
-def test_homogeneous_one_dataset_per_step_covering_every_dataset():
+def test_homogeneous_one_dataset_per_step_and_as_many_samples_per_epoch_as_heterogeneous():
+    """Table 6: a homogeneous epoch reads one dataset per step and the same samples per group as a heterogeneous one."""
+    het = PretrainSampler(GROUPS, seed=1)
     s = PretrainSampler(GROUPS, seed=1, mode="homogeneous")
-    per = {"geopile": math.ceil(23 / 4), "millionaid": math.ceil(17 / 4), "sen12ms": math.ceil(13 / 2), "mdas": 5}
-    assert s.steps_per_epoch == sum(per.values())
-    seen = Counter()
-    order = []
-    for step in range(s.steps_per_epoch):
-        b = s.batch(step)
-        assert len(b) == 1
-        (group, items), = b.items()
-        datasets = {d for d, _ in items}
-        assert len(datasets) == 1
-        order.append(datasets.pop())
-        seen.update(items)
-    assert order[:4] == ["geopile", "millionaid", "sen12ms", "mdas"]  # round-robin
-    assert Counter(order) == Counter(per)
+    assert s.steps_per_epoch == 3 * het.steps_per_epoch == 30
+    for epoch in range(2):
+        per_group, per_dataset, order = Counter(), Counter(), []
+        for step in range(epoch * 30, (epoch + 1) * 30):
+            b = s.batch(step)
+            assert len(b) == 1
+            (group, items), = b.items()
+            datasets = {d for d, _ in items}
+            assert len(datasets) == 1
+            order.append(group)
+            per_group[group] += len(items)
+            per_dataset[datasets.pop()] += 1
+        assert order[:3] == ["rgb", "sen12ms", "mdas"]  # round-robin over the groups
+        # samples per epoch and per group: exactly the heterogeneous epoch's (10 steps x B_g)
+        assert dict(per_group) == {"rgb": 40, "sen12ms": 20, "mdas": 10}
+        assert sum(per_group.values()) == sum(len(v) for st in range(10) for v in het.batch(st).values())
+        # the rgb group's 10 batches shared by size: 23 / 40 and 17 / 40 of 10 -> 6 and 4
+        assert (per_dataset["geopile"], per_dataset["millionaid"]) == (6, 4)
+    # each dataset reads a stream of its own permutations: its first N_d draws are its samples, once each
+    draws = {d: [] for g in GROUPS for d in g.datasets}
+    for step in range(60):
+        for items in s.batch(step).values():
+            for d, i in items:
+                draws[d].append(i)
     for g in GROUPS:
         for d, n in zip(g.datasets, g.sizes):
-            assert {i for (dd, i) in seen if dd == d} == set(range(n))
+            assert sorted(draws[d][:n]) == list(range(n)), d
 
 
 def test_state_round_trip_and_mismatch():

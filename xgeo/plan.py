@@ -51,32 +51,13 @@ class Plan:
 
 
 # ------------------------------------------------------------------------------------------------ schedules
-def pretrain_schedule(params: Mapping, steps_per_epoch: int) -> dict:
-    """{"total_steps", "warmup_steps", "milestones", "steps_per_epoch", "source"} of the pretraining:
-    :func:`xgeo.pretrain.schedule.resolve_schedule` where that module exists (epoch schedules), else the
-    step keys ``pretrain.steps / warmup_steps / milestones``."""
-    try:
-        from .pretrain.schedule import resolve_schedule
-    except ImportError:
-        cfg = params["pretrain"]
-        return {"total_steps": int(cfg["steps"]), "warmup_steps": int(cfg.get("warmup_steps", 0)),
-                "milestones": [int(m) for m in cfg.get("milestones") or []], "steps_per_epoch": steps_per_epoch,
-                "source": "pretrain.steps"}
-    return resolve_schedule(params, steps_per_epoch)
+def pretrain_schedule(params: Mapping, groups: Mapping[str, Mapping], sizes: Mapping[str, int], world: int) -> dict:
+    """{"total_steps", "warmup_steps", "milestones", "steps_per_epoch", "source", "ablation"} of the pretraining,
+    decided where the run decides it (:mod:`xgeo.pretrain.schedule`), from the stores' sample counts."""
+    from .pretrain.schedule import resolve_schedule, steps_per_epoch
 
-
-def pretrain_steps_per_epoch(sizes: Mapping[str, int], batches: Mapping[str, int], world: int,
-                             batching: str) -> int:
-    """Steps per epoch of the pretraining sampler (xgeo.pretrain.sampler): heterogeneous, the largest
-    ceil(N_g / (B_g x world)) over groups; homogeneous, the sum of every dataset's own count."""
-    try:
-        from .pretrain.schedule import steps_per_epoch as from_groups
-    except ImportError:
-        from_groups = None
-    if from_groups is not None:
-        return int(from_groups(sizes, batches, world, batching))
-    per = {g: math.ceil(sizes[g] / (batches[g] * world)) for g in sizes}
-    return max(1, sum(per.values()) if batching == "homogeneous" else max(per.values()))
+    spe = steps_per_epoch(groups, sizes, params["pretrain"].get("batching", "heterogeneous"), world)
+    return resolve_schedule(params, max(1, spe))
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -171,7 +152,7 @@ def _pretrain(plan: Plan, params: Mapping, stores: bool, cuda: int, measure: boo
 
     cfg = params["pretrain"]
     config = model_config(params)
-    size = int(cfg.get("input_size") or config["img_size"])
+    size = int(config["img_size"])
     gpus, world = _gpus(plan, "pretrain", params, cuda)
     nodes = int(params["workflow"]["pretrain"].get("nodes", 1))
     plan.add(f"pretrain ({params.get('experiment') or 'xgeo'}): model {config['size']} (embed {config['embed_dim']}, "
@@ -189,9 +170,8 @@ def _pretrain(plan: Plan, params: Mapping, stores: bool, cuda: int, measure: boo
                  f"{math.ceil(cells * float(cfg['mask_ratio']))} of {cells} masked")
     groups = effective_groups(params)
     first = next(iter(groups.values()))["batch_size"]
-    sizes, batches, flops = {}, {}, 0.0
+    sizes, flops = {}, 0.0
     for name, g in groups.items():
-        n = 0
         for ds in g["datasets"]:
             spec = get_dataset(ds)
             key = (g.get("modalities") or list(spec.modalities))[0]
@@ -200,18 +180,16 @@ def _pretrain(plan: Plan, params: Mapping, stores: bool, cuda: int, measure: boo
                 plan.fail(f"data.datasets.{ds}.tile_size", f"stored tiles of {side} px are smaller than the "
                                                            f"{size} px pretraining input")
             count = info["samples"] if info else None
-            n += count or 0
+            sizes[ds] = max(count or 0, 1)
             plan.add(f"  group {name}: {ds} {count if count is not None else '(store not read)'} samples, stored "
                      f"{side} px, {spec.modalities[key].sensor}")
         b = int(g["batch_size"])
-        sizes[name], batches[name] = max(n, 1), b
         weight = b / first
         sensor = get_sensor(get_dataset(g["datasets"][0]).modalities[
             (g.get("modalities") or list(get_dataset(g["datasets"][0]).modalities))[0]].sensor)
         flops += 3 * b * encoder_flops(config, size, sensor.num_bands, sensor.num_bands)
         plan.add(f"  group {name}: batch {b} per process ({b * world} per step), loss weight {weight:g}")
-    spe = pretrain_steps_per_epoch(sizes, batches, world, cfg.get("batching", "heterogeneous"))
-    sched = pretrain_schedule(params, spe)
+    sched = pretrain_schedule(params, groups, sizes, world)
     plan.add(f"  schedule ({sched['source']}): {sched['steps_per_epoch']} steps/epoch"
              f"{'' if stores else ' (stores not read: steps per epoch unknown, 1 assumed)'}, {sched['total_steps']} steps, "
              f"warm-up {sched['warmup_steps']}, milestones {sched['milestones']}")

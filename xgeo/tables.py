@@ -25,7 +25,7 @@ import csv
 import io
 import re
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -165,6 +165,20 @@ def cell(row: Row, column: Column) -> Cell:
     return Cell(row.experiment, column.task, row.init, column.fraction, row.variant or column.variant)
 
 
+ABLATION_TABLES = ("table5", "table6", "table7", "table10", "table13", "table14")
+
+
+def table_row(name: str, row: Row, params: Mapping) -> Row:
+    """``row`` as table ``name`` runs it: in the ablation tables, a row that finetunes the base experiment's
+    checkpoint takes ``tables.ablation_experiment`` (the base configuration at the ablation schedule,
+    ``pretrain.ablation``; paper: 100 epochs) when one is set, so it compares with the other ablation rows."""
+    tables = params.get("tables") or {}
+    ablation = tables.get("ablation_experiment")
+    if ablation and name in ABLATION_TABLES and row.init == "xgeo" and row.experiment == tables.get("base_experiment"):
+        return replace(row, experiment=ablation)
+    return row
+
+
 def figure3_cells() -> list[Cell]:
     return [Cell(exp, col.task, "xgeo", col.fraction, variant and f"{col.task.replace('-', '_')}_{variant}")
             for _, exp in FIGURE3["rows"] for _, variant in FIGURE3["columns"] for col in FIGURE3["panels"]]
@@ -216,6 +230,7 @@ def missing_inputs(params: Mapping, c: Cell) -> str | None:
     if weights is not None and not weights.exists():
         return f"initial weights {weights} not supplied (finetune.weights.{c.init}: put the timm state dict there)"
     teacher = experiment_overrides(params, pretraining_of(params, c.experiment)).get("pretrain.teacher")
+    teacher = teacher.get("path") if isinstance(teacher, Mapping) else teacher  # {arch, path} or a bare path
     if teacher and not Path(teacher).exists():
         return (f"teacher weights {teacher} of experiment {pretraining_of(params, c.experiment)!r} not supplied "
                 f"(experiments.{c.experiment}.pretrain.teacher: put the teacher's weight file there)")
@@ -228,7 +243,7 @@ def required_cells(name: str, params: Mapping) -> list[Cell]:
         cells = figure3_cells()
     else:
         spec = table_spec(name)
-        cells = [cell(r, col) for r in spec["rows"] for col in spec["columns"]]
+        cells = [cell(table_row(name, r, params), col) for r in spec["rows"] for col in spec["columns"]]
     out = []
     for c in cells:
         if c not in out and missing_inputs(params, c) is None:
@@ -301,7 +316,7 @@ def build_rows(name: str, params: Mapping, literature: Mapping | None = None) ->
         paper = literature.get((name, r.paper), {}) if r.paper else {}
         run_ids, notes, found = [], [], 0
         for col in columns:
-            c = cell(r, col)
+            c = cell(table_row(name, r, params), col)
             out[f"{col.header} [paper]"] = _fmt(paper[col.header]["value"]) if col.header in paper else ""
             reason = missing_inputs(params, c)
             result = None if reason else read_run(params, c)

@@ -41,6 +41,62 @@ TUTEL_INSTALL = ("tutel is not on PyPI: install it from its repository, e.g. "
                  "(drop NO_CUDA=1 on a CUDA machine), or set model.moe.backend: native")
 
 
+def is_bias(name: str) -> bool:
+    """An expert bias in either backend (native b1 / b2, tutel's *bias*): no weight decay, zero init."""
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf in ("b1", "b2") or "bias" in leaf
+
+
+def init_moe_parameters(named: list[tuple[str, torch.Tensor]]) -> None:
+    """The one initialisation of both backends: the init timm gives the dense MLP's Linear layers (trunc normal
+    std 0.02 for weights and the gate, zero biases), drawn from the global RNG in the order given."""
+    with torch.no_grad():
+        for name, p in named:
+            if is_bias(name):
+                nn.init.zeros_(p)
+            else:
+                nn.init.trunc_normal_(p, std=0.02)
+
+
+# ------------------------------------------------------------------------------------- expert-parallel checkpoints
+# A rank of the tutel backend holds E / N experts. Its checkpoint entry for an expert tensor of local shape S is every
+# rank's shard stacked, (N, *S): written by any N, it loads with any M dividing E. The expert axis need not be
+# known: it is the axis where the saved shard and this rank's shard differ (the shards are concatenated along it
+# and cut again); with N == M each rank takes its own shard.
+def gather_experts(local: torch.Tensor, group=None) -> torch.Tensor:
+    """Every rank's shard stacked in rank order: (N, *local.shape); (1, *local.shape) on one process.
+    Every rank must call it (a collective)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return local.unsqueeze(0)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local.contiguous(), group=group)
+    return torch.stack(parts)
+
+
+def shard_experts(saved: torch.Tensor, shape: torch.Size, rank: int, world: int, name: str = "experts") -> torch.Tensor:
+    """This rank's part (of ``shape``) of a saved expert tensor: stacked shards (N, *S) or all experts at once."""
+    shards = saved if saved.ndim == len(shape) + 1 else saved.unsqueeze(0)
+    if tuple(shards.shape[1:]) == tuple(shape):
+        if shards.shape[0] == world:
+            return shards[rank]
+        if world == 1 and shards.shape[0] == 1:
+            return shards[0]
+        raise XGeoError(f"checkpoint {name}: saved by {shards.shape[0]} process(es) with {tuple(shape)} each; "
+                        f"this run has {world} processes of the same shape, so the expert counts differ")
+    differ = [d for d, (a, b) in enumerate(zip(shards.shape[1:], shape)) if a != b]
+    if len(shards.shape) - 1 != len(shape) or len(differ) != 1:
+        raise XGeoError(f"checkpoint {name}: shards of shape {tuple(shards.shape[1:])} do not fit experts of shape "
+                        f"{tuple(shape)}")
+    dim = differ[0]
+    full = torch.cat(list(shards), dim)
+    if full.shape[dim] != shape[dim] * world:
+        raise XGeoError(f"checkpoint {name}: {full.shape[dim]} experts cannot be split over {world} processes of "
+                        f"{shape[dim]} experts each; use a number of processes that divides {full.shape[dim]}")
+    return full.narrow(dim, rank * shape[dim], shape[dim]).clone()
+
+
 def capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
     """tutel's capacity per expert: k * int(cf * ceil(S / E))."""
     return top_k * int(capacity_factor * ((num_tokens + num_experts - 1) // num_experts))
@@ -151,11 +207,8 @@ class MoE(nn.Module):
         self.last_stats: dict = {}
 
     def reset_parameters(self) -> None:
-        # the init timm gives the dense MLP's Linear layers (trunc normal 0.02, zero bias)
-        for w in (self.gate.weight, self.w1, self.w2):
-            nn.init.trunc_normal_(w, std=0.02)
-        nn.init.zeros_(self.b1)
-        nn.init.zeros_(self.b2)
+        init_moe_parameters([("gate.weight", self.gate.weight), ("w1", self.w1), ("b1", self.b1), ("w2", self.w2),
+                             ("b2", self.b2)])
 
     def expert_parameters(self) -> list[nn.Parameter]:
         return [self.w1, self.b1, self.w2, self.b2]
@@ -232,8 +285,11 @@ class MoE(nn.Module):
 class TutelMoE(nn.Module):
     """The same layer through ``tutel.moe.moe_layer`` (expert parallel over ranks; experts carry skip_allreduce).
 
-    Each rank holds E / world_size experts, as Swin-MoE does; checkpoints then differ per rank. ``last_stats`` is
-    left empty: tutel keeps its routing internal.
+    Each rank holds E / world_size experts, as Swin-MoE does. Its state dict holds ALL experts: saving gathers every
+    rank's shard (``gather_experts``; every rank takes part), loading keeps this rank's part (``shard_experts``), so
+    a checkpoint written by N processes loads with any M dividing E (tutel's layout: loading it into the native
+    backend needs a mapping of tutel's parameter names, not written here). Parameters start as the native backend's
+    (``init_moe_parameters``). ``last_stats`` is left empty: tutel keeps its routing internal.
     """
 
     def __init__(self, dim: int, hidden: int, num_experts: int = 8, top_k: int = 1, capacity_factor: float = 1.25,
@@ -268,6 +324,13 @@ class TutelMoE(nn.Module):
         )
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.last_stats: dict = {}
+        self.rank, self.world = rank, world
+        init_moe_parameters(list(self.named_parameters()))
+        self._register_state_dict_hook(_gather_expert_state)
+        self.register_load_state_dict_pre_hook(_shard_expert_state)
+
+    def expert_parameter_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if getattr(p, "skip_allreduce", False)]
 
     def expert_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if getattr(p, "skip_allreduce", False)]
@@ -276,6 +339,23 @@ class TutelMoE(nn.Module):
         y = self.layer(x)
         self.aux_loss = y.l_aux
         return y
+
+
+def _gather_expert_state(module, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: every expert tensor of this rank replaced by all ranks' shards, stacked."""
+    for name in module.expert_parameter_names():
+        if prefix + name in state:
+            state[prefix + name] = gather_experts(state[prefix + name])
+
+
+def _shard_expert_state(module, state: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: a checkpoint's expert tensors (stacked shards of any process count) cut to this
+    rank's part."""
+    params = dict(module.named_parameters())
+    for name in module.expert_parameter_names():
+        key = prefix + name
+        if key in state:
+            state[key] = shard_experts(state[key], params[name].shape, module.rank, module.world, key)
 
 
 def build_moe(dim: int, hidden: int, cfg: dict, act_layer: type[nn.Module] = nn.GELU) -> nn.Module:

@@ -16,6 +16,8 @@ Sizes (``MODEL_SIZES``; ``model.size`` in params.yaml picks one):
 - ``demo``: embed 32, depths [2, 2, 4, 2], heads [1, 2, 4, 8] (head width 32 as in SwinV2), 64 px, window 4: the
   same four-stage geometry (patch 4, stride 32, 2 x 2 final map at 64 px) small enough for a 2-core CPU; MoE in
   blocks 1 and 3 of stage 3, so the aux loss sums over two layers as in the paper.
+``model.img_size`` / ``model.window_size`` (null: the size's own) run a size at another geometry, e.g. the demo
+width at the paper's 192 px and window 12 (the fast paper-shape test).
 Patch size 4 and decoder stride 32 are SwinV2's / SimMIM's; the paper's section 4 says "patch size of 16x16", which
 matches neither the SwinV2 patch embedding (4) nor the encoder stride (32): we keep 4/32.
 """
@@ -31,7 +33,7 @@ from torch import nn
 from ..errors import XGeoError
 from ..sensors import get_sensor
 from .embed import PATCH_SIZE, SensorEmbedding
-from .moe import MoE, TutelMoE, build_moe
+from .moe import MoE, TutelMoE, build_moe, is_bias
 
 ENCODER_STRIDE = 32  # SwinV2: patch 4 x three 2x patch mergings; SimMIM's decoder upsamples by this
 
@@ -59,6 +61,13 @@ def model_config(params: Mapping) -> dict:
         except KeyError as exc:
             raise XGeoError(f"params.yaml: model.sensors: {exc.args[0]}") from None
     dims = {k: (list(v) if isinstance(v, tuple) else v) for k, v in MODEL_SIZES[size].items()}
+    # a size's geometry at another input / window (e.g. the demo width at the paper's 192 px, window 12)
+    for key in ("img_size", "window_size"):
+        if cfg.get(key) is not None:
+            dims[key] = int(cfg[key])
+    if dims["img_size"] % ENCODER_STRIDE:
+        raise XGeoError(f"params.yaml: model.img_size is {dims['img_size']}; expected a multiple of the encoder "
+                        f"stride {ENCODER_STRIDE}")
     return {
         "size": size, **dims, "patch_size": PATCH_SIZE, "encoder_stride": ENCODER_STRIDE,
         "mlp_ratio": float(cfg.get("mlp_ratio", 4.0)), "drop_path_rate": float(cfg.get("drop_path_rate", 0.1)),
@@ -148,7 +157,7 @@ class XGeo(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Expert biases (3-d tensors, so a 'p.ndim <= 1' rule misses them), the mask token, SwinV2's scales."""
         names = {"mask_token"} | {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
-        return names | {n for n in self.expert_parameter_names() if n.rsplit(".", 1)[-1] in ("b1", "b2")}
+        return names | {n for n in self.expert_parameter_names() if is_bias(n)}
 
     def aux_loss(self, device: torch.device) -> torch.Tensor:
         """aux_weight x sum of the last forward's l_aux over MoE blocks (a zero tensor for the dense model)."""
@@ -167,27 +176,65 @@ class XGeo(nn.Module):
             self.encoder.set_input_size(img_size=(img_size, img_size))
             self.img_size = img_size
 
-    def _embed(self, x: torch.Tensor, sensor: str, bands: Sequence[str] | None) -> torch.Tensor:
+    def in_channels(self, sensor: str) -> int:
+        """Input channels of the patch embedding f_sensor (C_i)."""
+        return self.patch_embeds[sensor].in_chans
+
+    def check_input(self, x: torch.Tensor, sensor: str) -> None:
+        """Refuse an image whose size is not the encoder's current ``img_size`` (windows and masks depend on it)."""
         if sensor not in self.patch_embeds:
             raise XGeoError(f"the model has no patch embedding for sensor {sensor!r} (it has "
                             f"{list(self.patch_embeds)}); add it to model.sensors in params.yaml")
-        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            raise XGeoError(f"{sensor} input is {tuple(x.shape[-2:])} px; the encoder is set to {self.img_size} px "
-                            f"(call model.set_input_size({x.shape[-1]}) or resize the data)")
-        return self.patch_embeds[sensor](x, bands)
+        if x.ndim != 4 or tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            raise XGeoError(f"{sensor} input of shape {tuple(x.shape)}: expected (B, C, {self.img_size}, "
+                            f"{self.img_size}), the size the encoder is set to; found {tuple(x.shape[-2:])} px "
+                            f"(crop or resize the data to {self.img_size} px, or call model.set_input_size)")
+
+    def embed(self, x: torch.Tensor, sensor: str, mask: torch.Tensor | None = None,
+              bands: Sequence[str] | None = None) -> torch.Tensor:
+        """f_i(I_i) with SimMIM's mask token. x: (B, C_i, H, W); mask: (B, H/4, W/4), 1 = masked -> (B, H/4, W/4, C_e)."""
+        self.check_input(x, sensor)
+        tokens = self.patch_embeds[sensor](x, bands)
+        if mask is not None:
+            if tuple(mask.shape) != tuple(tokens.shape[:3]):
+                raise XGeoError(f"{sensor} mask of shape {tuple(mask.shape)}; expected the token grid "
+                                f"{tuple(tokens.shape[:3])}")
+            w = mask.unsqueeze(-1).to(tokens.dtype)
+            tokens = tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
+        return tokens
 
     # ------------------------------------------------------------------------------------- Eq. (1), (2)
+    def encode(self, items: Sequence[tuple], return_stages: bool = False):
+        """En(f_i(I_i)) of a step's images of several sensors in ONE pass of the shared encoder.
+
+        items: [(sensor, x (B_k, C_k, H, W), mask (B_k, H/4, W/4) or None[, bands])]. Each image goes through its
+        own embedding f_i and the mask token, the tokens of all items are concatenated along the batch and encoded
+        together: a heterogeneous batch is one batch for the experts (MoE capacity, batch-prioritised routing and
+        the auxiliary loss see every sensor of the step). Every x must be ``img_size`` px.
+        Returns ([z (B_k, C_m, H/32, W/32) per item], aux ()); with ``return_stages`` also, per item, the four
+        stage outputs [(B_k, C_s, H/4/2^s, W/4/2^s)] NCHW, the last one after the final norm (= z).
+        """
+        tokens = [self.embed(it[1], it[0], it[2], it[3] if len(it) > 3 else None) for it in items]
+        h = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
+        stages = []
+        for s, stage in enumerate(self.encoder.layers):
+            h = stage(h)
+            if return_stages and s < len(self.encoder.layers) - 1:
+                stages.append(h.permute(0, 3, 1, 2))
+        z = self.encoder.norm(h).permute(0, 3, 1, 2).contiguous()  # (sum B_k, C_m, H/32, W/32)
+        aux = self.aux_loss(z.device)
+        split = [t.shape[0] for t in tokens]
+        zs = list(z.split(split))
+        if not return_stages:
+            return zs, aux
+        per_stage = [list(f.contiguous().split(split)) for f in stages] + [zs]
+        return zs, aux, [[f[k] for f in per_stage] for k in range(len(items))]
+
     def forward_encoder(self, x: torch.Tensor, sensor: str, mask: torch.Tensor | None = None,
                         bands: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """En(f_i(I_i)). x: (B, C_i, H, W); mask: (B, H/4, W/4), 1 = masked -> (z (B, C_m, H/32, W/32), aux ())."""
-        tokens = self._embed(x, sensor, bands)  # (B, H/4, W/4, C_e)
-        if mask is not None:
-            if tuple(mask.shape) != tuple(tokens.shape[:3]):
-                raise XGeoError(f"mask of shape {tuple(mask.shape)}; expected the token grid {tuple(tokens.shape[:3])}")
-            w = mask.unsqueeze(-1).to(tokens.dtype)
-            tokens = tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
-        z = self.encoder.norm(self.encoder.layers(tokens))  # (B, H/32, W/32, C_m)
-        return z.permute(0, 3, 1, 2).contiguous(), self.aux_loss(x.device)
+        zs, aux = self.encode([(sensor, x, mask, bands)])
+        return zs[0], aux
 
     def forward_decoder(self, z: torch.Tensor, sensor: str) -> torch.Tensor:
         """D_sensor(z). z: (B, C_m, H/32, W/32) -> (B, C_sensor, H, W)."""
@@ -216,13 +263,8 @@ class XGeo(nn.Module):
                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Unmasked stage outputs for dense heads: [4 maps (B, C_s, H/4/2^s, W/4/2^s)] NCHW (the last one after the
         final norm, as timm's forward_intermediates), and the aux loss of this forward."""
-        h = self._embed(x, sensor, bands)
-        feats = []
-        for s, stage in enumerate(self.encoder.layers):
-            h = stage(h)
-            out = self.encoder.norm(h) if s == len(self.encoder.layers) - 1 else h
-            feats.append(out.permute(0, 3, 1, 2).contiguous())
-        return feats, self.aux_loss(x.device)
+        _, aux, stages = self.encode([(sensor, x, None, bands)], return_stages=True)
+        return stages[0], aux
 
 
 def build_model(params: Mapping) -> XGeo:

@@ -1,3 +1,4 @@
-"""Cross-sensor pretraining: masks and target choice (``masking``), heterogeneous batches (``sampler``),
-the training loop with exact resume (``train``), torchrun/DDP (``distributed``), Figure-4 reconstructions
-(``figures``) and the distillation baselines of Table 5 (``distill``)."""
+"""Cross-sensor pretraining, one job per module: the loop (``train``), step batches and crops (``data``), which
+samples a step reads (``sampler``), masks and target choice (``masking``), the loss (``objective``; Table 5's
+``distill``), AdamW (``optim``), epochs -> steps and the lr (``schedule``), checkpoint and resume state (``state``),
+metrics records (``metrics``), torchrun/DDP (``distributed``) and Figure-4 reconstructions (``figures``)."""

@@ -60,30 +60,31 @@ def _upsample_mask(mask: torch.Tensor, size: int) -> np.ndarray:
 
 @torch.no_grad()
 def reconstruction_rows(model, batch: dict, layouts: dict, datasets: dict, params: dict) -> list[dict]:
-    """First sample of every modality of every group of ``batch``: arrays in physical units for the figure."""
-    rows = []
+    """First sample of every modality of every group of ``batch``: arrays in physical units for the figure.
+
+    The first samples are encoded together through ``XGeo.encode``, as training encodes a step."""
     groups = params["pretrain"]["groups"]
-    for gname, gb in batch.items():
-        layout = layouts[gname]
+    entries = [(g, key) for g in batch for key in layouts[g].sensors]
+    zs, _ = model.encode([(layouts[g].sensors[k], batch[g]["images"][k][:1].float(), batch[g]["masks"][k][:1])
+                          for g, k in entries])
+    rows = []
+    for (gname, key), z in zip(entries, zs):
+        layout, gb = layouts[gname], batch[gname]
+        sensor = layout.sensors[key]
         ds = datasets[groups[gname]["datasets"][0]]  # datasets of a group share modalities and statistics layout
-        for key, sensor in layout.sensors.items():
-            x = gb["images"][key][:1]
-            mask = gb["masks"][key][:1]
-            tkey = key
-            if key in layout.partner and bool(gb["cross"][key][0]):
-                tkey = layout.partner[key]
-            tsensor = layout.sensors[tkey]
-            z, _ = model.forward_encoder(x.float(), sensor, mask)
-            pred = model.forward_decoder(z, tsensor).float()
-            pix = _upsample_mask(mask[0], x.shape[-1])
-            inp = ds.denormalize(key, x[0].float().cpu())
-            rec = ds.denormalize(tkey, pred[0].cpu())
-            tgt = ds.denormalize(tkey, gb["images"][tkey][0].float().cpu())
-            inp, rec, tgt = (np.asarray(a, dtype=np.float32) for a in (inp, rec, tgt))
-            # the loss only scores masked pixels: show the target where visible, the prediction where masked
-            rec = np.where(pix[None], rec, tgt)
-            rows.append({"group": gname, "key": key, "sensor": sensor, "target_key": tkey,
-                         "target_sensor": tsensor, "input": inp, "mask": pix, "reconstruction": rec, "target": tgt})
+        x, mask = gb["images"][key][:1], gb["masks"][key][:1]
+        tkey = layout.partner[key] if key in layout.partner and bool(gb["cross"][key][0]) else key
+        tsensor = layout.sensors[tkey]
+        pred = model.forward_decoder(z, tsensor).float()
+        pix = _upsample_mask(mask[0], x.shape[-1])
+        inp = ds.denormalize(key, x[0].float().cpu())
+        rec = ds.denormalize(tkey, pred[0].cpu())
+        tgt = ds.denormalize(tkey, gb["images"][tkey][0].float().cpu())
+        inp, rec, tgt = (np.asarray(a, dtype=np.float32) for a in (inp, rec, tgt))
+        # the loss only scores masked pixels: show the target where visible, the prediction where masked
+        rec = np.where(pix[None], rec, tgt)
+        rows.append({"group": gname, "key": key, "sensor": sensor, "target_key": tkey,
+                     "target_sensor": tsensor, "input": inp, "mask": pix, "reconstruction": rec, "target": tgt})
     return rows
 
 

@@ -5,8 +5,12 @@ per rank. A group's data is the concatenation of its datasets. One epoch is ``ma
 steps, so the largest group (in steps) is read once; a group that runs out starts a new permutation, so every
 group's data is read at least once per epoch, the way the paper iterates "every type of sensor once" per epoch.
 
-Homogeneous: every step's batch comes from ONE dataset (at its group's batch size). An epoch cycles round-robin
-over the datasets, taking the next batch of each one that still has batches, until every dataset has been read once.
+Homogeneous (Table 6): every step's batch comes from ONE dataset, at its group's batch size. An epoch sees as many
+samples as a heterogeneous one: it has ``G x`` the heterogeneous steps per epoch (G groups), cycling round-robin over
+the groups, so every group contributes the same ``steps_per_epoch(heterogeneous) x B_g`` samples as in a
+heterogeneous epoch. Within a group, the batches of an epoch are shared among its datasets in proportion to their
+sizes (largest remainder), in an order drawn per epoch; each dataset reads the endless concatenation of its own
+permutations, so over epochs every sample of a dataset is read equally often.
 
 The order is a pure function of (seed, epoch, step within the epoch): permutation ``k`` of group ``g`` in epoch ``e``
 is drawn from ``numpy.random.default_rng([seed, e, g, k])``. Ranks share the permutation and read disjoint
@@ -72,27 +76,37 @@ class PretrainSampler:
         self.world_size = world_size
         self.step = 0  # steps already taken; the next batch is batch(self.step)
         self._perm_cache: dict[tuple, np.ndarray] = {}
-        if mode == "homogeneous":
-            # (group index, dataset index within the group) in round-robin order of one epoch
-            flat = [(gi, di) for gi, g in enumerate(self.groups) for di in range(len(g.datasets))]
-            counts = {k: self._batches_of_dataset(*k) for k in flat}
-            self._schedule: list[tuple[int, int, int]] = []
-            for j in range(max(counts.values())):
-                self._schedule += [(gi, di, j) for gi, di in flat if j < counts[(gi, di)]]
+        # homogeneous: batches of each dataset per epoch, its group's heterogeneous batches shared by size
+        self._dataset_batches = [self._share(self.heterogeneous_steps_per_epoch, g.sizes) for g in self.groups]
 
     # ------------------------------------------------------------------------------------------ epoch geometry
     def global_batch(self, g: Group) -> int:
         return g.batch_size * self.world_size
 
-    def _batches_of_dataset(self, gi: int, di: int) -> int:
-        g = self.groups[gi]
-        return math.ceil(g.sizes[di] / self.global_batch(g))
+    @staticmethod
+    def _share(total: int, sizes: tuple[int, ...]) -> list[int]:
+        """``total`` split in proportion to ``sizes`` (largest remainder, ties to the first)."""
+        exact = [total * n / sum(sizes) for n in sizes]
+        out = [math.floor(x) for x in exact]
+        for i in sorted(range(len(sizes)), key=lambda i: -(exact[i] - out[i]))[: total - sum(out)]:
+            out[i] += 1
+        return out
+
+    @property
+    def heterogeneous_steps_per_epoch(self) -> int:
+        """Steps in which the group with the most batches reads its data once: max_g ceil(N_g / (B_g * world))."""
+        return max(math.ceil(g.size / self.global_batch(g)) for g in self.groups)
 
     @property
     def steps_per_epoch(self) -> int:
         if self.mode == "homogeneous":
-            return len(self._schedule)
-        return max(math.ceil(g.size / self.global_batch(g)) for g in self.groups)
+            return len(self.groups) * self.heterogeneous_steps_per_epoch
+        return self.heterogeneous_steps_per_epoch
+
+    def _dataset_order(self, epoch: int, gi: int) -> np.ndarray:
+        """Dataset index of each of group gi's batches in an epoch (a per-epoch shuffle of the size shares)."""
+        labels = np.repeat(np.arange(len(self.groups[gi].datasets)), self._dataset_batches[gi])
+        return np.random.default_rng([self.seed, epoch, gi, 2000]).permutation(labels)
 
     def _perm(self, key: tuple, n: int) -> np.ndarray:
         if key not in self._perm_cache:
@@ -127,11 +141,15 @@ class PretrainSampler:
                 idx = self._stream((epoch, gi), g.size, lo, lo + g.batch_size)
                 out[g.name] = g.locate(idx)
             return out
-        gi, di, j = self._schedule[pos]
+        gi, j = pos % len(self.groups), pos // len(self.groups)  # round-robin over the groups
         g = self.groups[gi]
-        lo = j * self.global_batch(g) + self.rank * g.batch_size
-        # dataset-level permutations (key carries the dataset index) so datasets of a group draw independently
-        idx = self._stream((epoch, gi, 1000 + di), g.sizes[di], lo, lo + g.batch_size)
+        order = self._dataset_order(epoch, gi)
+        di = int(order[j])
+        # batches of dataset di read before this one: earlier epochs' share, then this epoch's earlier ones
+        k = epoch * self._dataset_batches[gi][di] + int((order[:j] == di).sum())
+        lo = k * self.global_batch(g) + self.rank * g.batch_size
+        # one endless stream of permutations per dataset (key carries the dataset index, not the epoch)
+        idx = self._stream((gi, 1000 + di), g.sizes[di], lo, lo + g.batch_size)
         return {g.name: [(g.datasets[di], int(i)) for i in idx]}
 
     def epoch_of(self, step: int) -> int:

@@ -1,0 +1,126 @@
+"""What a resumed run needs to repeat an uninterrupted one, in one file (``last.ckpt``): model, optimizer,
+scheduler, sampler (epoch, position, seeds), every RNG of every rank; and the check that a resume computes the
+same thing (``config_diff``)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__ as XGEO_VERSION
+from ..config import flatten
+from ..errors import CheckpointError
+from . import distributed as dist_utils
+
+CKPT_NAME = "last.ckpt"
+# keys that may change between a run and its resume (how long and how it runs, not what it computes)
+RESUMABLE_KEYS = {"pretrain.steps", "pretrain.epochs", "pretrain.checkpoint_every", "pretrain.log_every",
+                  "pretrain.num_workers", "pretrain.compile"}
+# sections of params that define what a run computes; a resume must match them
+CONFIG_SECTIONS = ("seed", "model.", "pretrain.", "data.pretrain")
+REQUIRED = ("model", "params", "step", "optimizer", "scheduler", "sampler", "rng")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def config_diff(saved: dict, current: dict) -> list[str]:
+    """Dotted keys that define the computation and differ between a checkpoint's params and this run's."""
+    a, b = flatten(saved), flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys
+            if any(k == s or (s.endswith(".") and k.startswith(s)) for s in CONFIG_SECTIONS)
+            and k not in RESUMABLE_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def check_resumable(path: Path, ckpt: dict, params: dict) -> None:
+    """Refuse to resume a checkpoint written by another configuration, naming every differing key."""
+    diff = config_diff(ckpt["params"], params)
+    if diff:
+        a, b = flatten(ckpt["params"]), flatten(params)
+        details = "; ".join(f"{k}: checkpoint {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in diff)
+        raise CheckpointError(f"{path}: written by another configuration ({details}); "
+                              f"resume with the same params or start a new --out directory")
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint to resume from (expected the last.ckpt a run writes); "
+                              f"run without --resume to start")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable xgeo checkpoint ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing} (expected a last.ckpt written by xgeo pretrain)")
+    return ckpt
+
+
+def model_config(model: nn.Module, params: dict) -> Any:
+    return getattr(model, "config", None) or params["model"]
+
+
+def save(path: Path, model, objective, optimizer, scheduler, sampler, params, step, info) -> None:
+    """Write ``path`` (rank 0) with every rank's RNG state; every rank waits for it."""
+    from ..model.checkpoint import save_checkpoint
+
+    # every rank: the tutel backend's state dict gathers each rank's experts (a collective)
+    model_state = model.state_dict()
+    extra = {f"{name}.{k}": v for name, child in objective.named_children() if name != "model"
+             for k, v in child.state_dict().items()}  # what an objective adds to the model (distillation projection)
+    state = rng_state()
+    if info.enabled:
+        import torch.distributed as dist
+
+        ranks: list = [None] * info.world_size
+        dist.all_gather_object(ranks, state)
+    else:
+        ranks = [state]
+    if info.is_main:
+        ckpt = {
+            "model": model_state,
+            "model_config": model_config(model, params),
+            "params": params,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": {"ranks": ranks},
+            "xgeo_version": XGEO_VERSION,
+        }
+        if extra:
+            ckpt["objective"] = extra
+        save_checkpoint(path, ckpt)
+    dist_utils.barrier(info)
+
+
+def restore(path: Path, ckpt: dict, objective, optimizer, scheduler, sampler, info) -> int:
+    """Load a checkpoint's training state into this run; returns the step to continue from."""
+    if "objective" in ckpt:
+        objective.load_state_dict({**objective.state_dict(), **ckpt["objective"]})
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    sampler.load_state_dict(ckpt["sampler"])
+    ranks = ckpt["rng"].get("ranks", [])
+    if len(ranks) != info.world_size:
+        raise CheckpointError(f"{path}: saved by {len(ranks)} process(es), resumed with "
+                              f"{info.world_size}; resume with the same number of processes")
+    set_rng_state(ranks[info.rank])
+    return int(ckpt["step"])
