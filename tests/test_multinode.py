@@ -27,12 +27,12 @@ def test_two_launchers_meet_at_a_c10d_rendezvous_and_train_in_step(tmp_path):
     out = tmp_path / "run"  # the shared file system of a cluster: one run directory for both nodes
     # what the pretrain rule runs on every node when workflow.pretrain.nodes is 2 (workflow/rules/pretrain.smk)
     cmd = [torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "xgeo-test", "--no-python",
-           "xgeo", "pretrain", "--out", str(out), "--steps", str(STEPS), "--checkpoint-every", str(STEPS),
-           "--params", str(ROOT / "params.yaml"), "--set", f"paths.zarr={zarr}", "--set", "mlflow.enabled=false"]
+           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "xgeo-test",
+           str(ROOT / "tests" / "pretrain_with_callbacks.py"), str(out), str(STEPS), str(STEPS),
+           "--checksum", str(tmp_path / "checksum"), "--set", f"paths.zarr={zarr}", "--set", "mlflow.enabled=false"]
     for o in TINY:
         cmd += ["--set", o]
-    env = {**os.environ, "XGEO_PARAM_CHECKSUM": str(tmp_path / "checksum"), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     nodes = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
