@@ -42,7 +42,7 @@ SPEC = DatasetSpec(
     ),
     layout="{train,val,test}/image/<name>.tif (RGB uint8), {train,val,test}/label/<name>.tif (0 / 255)",
     splits="train (4736 tiles), val (1036), test (2416): the folders",
-    extra={"classes": CLASSES},
+    extra={"classes": CLASSES, "colours": ((0, 0, 0), (255, 255, 255))},
 )
 
 
