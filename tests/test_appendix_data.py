@@ -15,7 +15,7 @@ from xgeo.catalog import get_dataset
 from xgeo.config import load_params
 from xgeo.data import scene as sc
 from xgeo.data.change import change_scenes
-from xgeo.data.readers import READERS
+from xgeo.data.readers import READERS, tile_offsets
 from xgeo.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +159,34 @@ def test_whu_label_missing(tmp_path, tmp_path_factory):
     label.unlink()
     with pytest.raises(DataError, match=rf"{label.name}: expected the building mask of .*found no such file"):
         read("whu", folder)
+
+
+# ------------------------------------------------------------------------------------------- pretraining sets
+def test_pretraining_sets_on_their_layouts(tmp_path):
+    from xgeo.data.synth import synthesize
+
+    p = params("data.datasets.imagenet.synth={classes: 2, images_per_class: 2, val_images: 2, size: 48}",
+               "data.datasets.geolifeclef.synth={patches_per_region: 2, size: 48}",
+               "data.datasets.fmow.synth={categories: 2, instances_per_category: 1, size: [40, 130]}",
+               "data.datasets.fmow.tile_px=64", "data.datasets.imagenet.tile_size=32",
+               "data.datasets.geolifeclef.tile_size=32", "data.datasets.fmow.tile_size=32")
+    for ds in ("imagenet", "geolifeclef", "fmow"):
+        synthesize(ds, tmp_path / ds, p, seed=0)
+    imagenet = list(READERS["imagenet"](tmp_path / "imagenet", get_dataset("imagenet"), p))
+    assert len(imagenet) == 6 and {s["split"] for s in imagenet} == {"train", "val"}
+    assert all(s["id"].startswith(("train/n", "val/ILSVRC2012_val_")) for s in imagenet)
+    glc = list(READERS["geolifeclef"](tmp_path / "geolifeclef", get_dataset("geolifeclef"), p))
+    assert sorted(s["id"][:3] for s in glc) == ["fr/", "fr/", "us/", "us/"]  # RGB patches only, not the NIR ones
+    for s in glc:  # the id's last digits name the folders, as the competition lays them out
+        oid = s["id"][3:]
+        assert (tmp_path / "geolifeclef" / f"patches-{s['id'][:2]}" / oid[-2:] / oid[-4:-2] / f"{oid}_rgb.jpg").is_file()
+    fmow = list(READERS["fmow"](tmp_path / "fmow", get_dataset("fmow"), p))
+    from PIL import Image
+
+    expected = 0
+    for img in sorted((tmp_path / "fmow").glob("*/*/*/*_rgb.jpg")):
+        w, h = Image.open(img).size
+        expected += 1 if min(h, w) < 64 else len(tile_offsets(h, 64)) * len(tile_offsets(w, 64))
+    assert len(fmow) == expected > 4  # every 64 px tile of every image (a small image: one tile)
+    for s in imagenet + glc + fmow:
+        assert s["modalities"]["rgb"].data.shape == (3, 32, 32) and s["modalities"]["rgb"].data.dtype == np.uint8

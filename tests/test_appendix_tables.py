@@ -105,3 +105,28 @@ def test_tables_8_and_9_at_smoke_size(tmp_path):
     t8 = {r["method"]: r for r in csv.DictReader(open(tmp_path / "results" / "table8.csv", newline=""))
           if r["status"] == "run"}
     assert t8["XGeoSet-RGB"]["DSIFN F1 [paper]"] == "70.4" and t8["XGeoSet-RGB + GeoLifeCLEF"]["OSCD F1 [paper]"] == "56.1"
+
+
+def test_snakemake_dag_of_tables_8_and_9(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "results").mkdir()
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "overlays", tmp_path / "overlays")
+    shutil.copy(ROOT / "results" / "literature.csv", tmp_path / "results" / "literature.csv")
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                          "--cores", "1", "-n", "results/table8.csv", "results/table9.csv"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    block = res.stdout.split("Job stats:", 1)[1]
+    import re
+
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+    # 5 RGB pretrainings; per row OSCD, DSIFN, BEN 10 % and 1 %, WHU, Vaihingen, SpaceNet2 (PSNR and SSIM: one run)
+    assert counts["pretrain"] == 5 and counts["table"] == 2
+    assert {t: counts[f"finetune_{t}"] for t in ("oscd", "dsifn", "whu", "bigearthnet", "vaihingen", "spacenet2")} == {
+        "oscd": 5, "dsifn": 5, "whu": 5, "bigearthnet": 10, "vaihingen": 5, "spacenet2": 5}
+    assert counts["convert"] == 11  # 5 pretraining sets + 6 downstream datasets
+    assert set(re.findall(r"checkpoints/(rgb-[\w-]+)/last\.ckpt", res.stdout)) == {
+        "rgb-geopile", "rgb-xgeoset", "rgb-imagenet", "rgb-geolifeclef", "rgb-fmow"}
