@@ -39,11 +39,13 @@ SPEC = DatasetSpec(
     role="downstream", task="change_detection",
     modalities={"t1": modality("rgb"), "t2": modality("rgb")}, pairs=(("t1", "t2"),),
     sources=(
-        Source(None, "DSIFN", manual=True, extract=False, instructions=(
+        Source(None, "train", manual=True, extract=False, instructions=(
             "DSIFN is shared by its authors through Baidu Cloud (link and password in dataset/README.md of "
             "github.com/GeoZcx/A-deeply-supervised-image-fusion-network-for-change-detection-in-remote-sensing-images; "
             "no checksums published). Unpack it so that DIR/train/t1, DIR/train/t2, DIR/train/mask and the same "
             "for val and test exist.")),
+        Source(None, "val", manual=True, extract=False, instructions="the val/ folder of the same archive"),
+        Source(None, "test", manual=True, extract=False, instructions="the test/ folder of the same archive"),
     ),
     layout="{train,val,test}/t1/<n>.jpg, {train,val,test}/t2/<n>.jpg, {train,val}/mask/<n>.png, "
            "test/mask/<n>.tif (0 / 255)",

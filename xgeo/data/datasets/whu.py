@@ -35,10 +35,12 @@ SPEC = DatasetSpec(
              "and Satellite Imagery Data Set, IEEE TGRS 57(1), 2019",
     role="downstream", task="segmentation", modalities={"rgb": modality("rgb")}, pairs=(),
     sources=(
-        Source(None, "WHU_aerial", manual=True, extract=False, instructions=(
+        Source(None, "train", manual=True, extract=False, instructions=(
             "Download the aerial imagery part of the WHU building dataset (gpcv.whu.edu.cn/data/building_dataset.html: "
             "'cropped aerial image tiles and raster labels', 0.3 m; no checksums published) and unpack it so that "
             "DIR/train/image, DIR/train/label and the same for val and test exist.")),
+        Source(None, "val", manual=True, extract=False, instructions="the val/ folder of the same archive"),
+        Source(None, "test", manual=True, extract=False, instructions="the test/ folder of the same archive"),
     ),
     layout="{train,val,test}/image/<name>.tif (RGB uint8), {train,val,test}/label/<name>.tif (0 / 255)",
     splits="train (4736 tiles), val (1036), test (2416): the folders",
