@@ -159,7 +159,8 @@ class ChangeDetection(Task):
                 if pos in keep:
                     s = samples[pos]
                     saved[pos] = (pred[r:r + th, col:col + tw].numpy().astype(np.uint8),
-                                  s["labels/mask"].numpy().astype(np.uint8), int(s["index"]))
+                                  s["labels/mask"].numpy().astype(np.uint8), int(s["index"]),
+                                  s["t1"].numpy(), s["t2"].numpy())
         scores = metrics.binary_scores(meter.matrix, positive=1)
         order = sorted(saved)
         arrays = {"outputs": np.stack([saved[p][0] for p in order]), "targets": np.stack([saved[p][1] for p in order]),
@@ -169,7 +170,21 @@ class ChangeDetection(Task):
                   "complete": np.bool_(len(order) == len(ds) and not overlap)}
         result = dict(scores, eval_split=self.eval_split(), eval_samples=len(ds), eval_areas=len(self.areas(ds)),
                       fusion=str(self.s.get("fusion", "diff")))
-        return result, arrays, []
+        return result, arrays, self.figures([saved[p] for p in order[:4]])
+
+    def figures(self, tiles: list[tuple]) -> list:
+        """Date 1, date 2 (true colour), predicted and true change of up to four tiles."""
+        from .figures import colourise, panels, stretch
+
+        if not tiles:
+            return []
+        bands = list(self.modalities["t1"]["bands"])
+        rgb = [bands.index(b) for b in ("B04", "B03", "B02")] if "B04" in bands else [0, 1, 2]
+        colours = ((0, 0, 0), (255, 255, 255))
+        rows = [[stretch(t1[rgb]), stretch(t2[rgb]), colourise(pred, colours, self.ignore_index),
+                 colourise(label, colours, self.ignore_index)] for pred, label, _, t1, t2 in tiles]
+        return [(panels(rows, ["date 1", "date 2", "predicted change", "change"], f"{self.name.upper()} change "
+                        "detection"), "figures/change.png")]
 
 
 class OSCD(ChangeDetection):
