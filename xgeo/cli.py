@@ -216,7 +216,7 @@ def export_cmd(checkpoint: str, out: str, sensor: str | None, params: dict) -> N
 @click.option("--steps", type=int, default=None)
 @params_options
 def finetune_cmd(task: str, init: str, out: str, fraction: float | None, steps: int | None, params: dict) -> None:
-    """Finetune and evaluate TASK (bigearthnet | vaihingen | sen12ms-cr | spacenet2); writes metrics.json and predictions.npz."""
+    """Finetune and evaluate TASK (bigearthnet | vaihingen | sen12ms-cr | spacenet2 | oscd | dsifn | whu); writes metrics.json and predictions.npz."""
     from .finetune.run import finetune
 
     finetune(task, init, Path(out), params, fraction=fraction, steps=steps)

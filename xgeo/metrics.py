@@ -150,6 +150,25 @@ def segmentation_scores(confusion: np.ndarray, class_names: Sequence[str], eval_
     }
 
 
+def binary_scores(confusion: np.ndarray, positive: int = 1) -> dict:
+    """F1, precision, recall and IoU (percent) of class ``positive`` from a confusion matrix (rows = true class),
+    and the overall accuracy ``OA``: the change class of change detection (OSCD, DSIFN). A score whose denominator
+    is zero (no positive predicted or labelled) is NaN."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = cm[positive, positive]
+    fp = cm[:, positive].sum() - tp
+    fn = cm[positive, :].sum() - tp
+    total = cm.sum()
+    if total == 0:
+        raise XGeoError("binary_scores: no labelled pixel was counted (every label is the ignore index?)")
+
+    def ratio(a: float, b: float) -> float:
+        return 100.0 * a / b if b > 0 else float("nan")
+
+    return {"F1": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "IoU": ratio(tp, tp + fp + fn), "OA": ratio(float(np.trace(cm)), total)}
+
+
 class ConfusionMeter:
     """Accumulates one confusion matrix over the whole evaluation set."""
 
@@ -290,6 +309,7 @@ def image_scores(pred: np.ndarray, target: np.ndarray, data_range: float = 1.0, 
 # ------------------------------------------------------------------------------------------------ from predictions
 
 TASK_KIND = {"bigearthnet": "classification", "vaihingen": "segmentation", "sen12ms-cr": "image", "spacenet2": "image"}
+TASK_KIND.update({"oscd": "change", "dsifn": "change", "whu": "segmentation"})  # appendix A.1
 
 
 def from_predictions(task: str, npz: str | Mapping) -> dict:
@@ -307,6 +327,11 @@ def from_predictions(task: str, npz: str | Mapping) -> dict:
     kind = TASK_KIND[task]
     if kind == "classification":
         return multilabel_map(data["scores"], data["targets"])
+    if kind == "change":
+        # change detection: ``confusion`` (2, 2) over the whole set, or the saved ``outputs`` / ``targets`` masks
+        cm = (np.asarray(data["confusion"]) if "confusion" in data else
+              confusion_matrix(data["outputs"], data["targets"], len(data["class_names"]), int(data["ignore_index"])))
+        return binary_scores(cm, int(data["positive"]))
     if kind == "segmentation":
         names = [str(n) for n in data["class_names"]]
         ignore = int(data["ignore_index"])

@@ -147,6 +147,44 @@ TABLES: dict[str, dict] = {
     },
 }
 
+# Appendix A.1, Tables 8 and 9: GFM's seven tasks after a Swin v1 pretrained from scratch on RGB only, one row per
+# pretraining set (experiments rgb-*); "samples" adds the "# Image" column: the samples the row's pretraining stores
+# hold (pretraining_samples), beside the paper's count.
+OSCD = _c("OSCD F1", "oscd", 1.0, "F1")
+DSIFN = _c("DSIFN F1", "dsifn", 1.0, "F1")
+WHU = _c("WHU IoU", "whu", 1.0, "IoU")
+APPENDIX_ROWS = (Row("GeoPile", "rgb-geopile", "xgeo", "GeoPile"),
+                 Row("XGeoSet-RGB", "rgb-xgeoset", "xgeo", "XGeoSet-RGB"),
+                 Row("XGeoSet-RGB + ImageNet", "rgb-imagenet", "xgeo", "XGeoSet-RGB + ImageNet"),
+                 Row("XGeoSet-RGB + GeoLifeCLEF", "rgb-geolifeclef", "xgeo", "XGeoSet-RGB + GeoLifeCLEF"),
+                 Row("XGeoSet-RGB + FMoW", "rgb-fmow", "xgeo", "XGeoSet-RGB + FMoW"))
+SAMPLES = "# Image"
+TABLES["table8"] = {"title": "Table 8: pretraining sets, change detection and classification (appendix A.1)",
+                    "columns": (OSCD, DSIFN, BEN10, BEN1), "rows": APPENDIX_ROWS, "samples": True}
+TABLES["table9"] = {"title": "Table 9: pretraining sets, segmentation and super-resolution (appendix A.1)",
+                    "columns": (WHU, VH, *SN), "rows": APPENDIX_ROWS, "samples": True}
+
+
+def pretraining_samples(params: Mapping, experiment: str) -> int | None:
+    """Samples held by the stores of ``experiment``'s pretraining groups (None while a store is not built)."""
+    import copy
+
+    from .config import apply_overrides
+    from .pretrain.groups import effective_groups
+
+    exp = apply_overrides(copy.deepcopy(dict(params)), experiment_overrides(params, pretraining_of(params, experiment)),
+                          source=f"experiments.{experiment}")
+    total = 0
+    for ds in sorted({d for g in effective_groups(exp).values() for d in g["datasets"]}):
+        path = Path(params["paths"]["zarr"]) / f"{ds}.zarr"
+        if not path.exists():
+            return None
+        from .data.store import open_store
+
+        total += int(open_store(path)["ids"].shape[0])
+    return total
+
+
 # Figure 3: pretraining modality (rows) x downstream modality (columns) on 10% BEN (mAP) and 1% SEN12MS-CR (SAM)
 FIGURE3 = {
     "rows": (("SAR", "s1-only"), ("Sentinel-2", "s2-only"), ("XGeo", "xgeo")),
@@ -304,7 +342,7 @@ def build_rows(name: str, params: Mapping, literature: Mapping | None = None) ->
     spec = table_spec(name)
     literature = read_literature(Path(params["paths"]["results"]) / "literature.csv") if literature is None else literature
     columns: list[Column] = list(spec["columns"])
-    header = ["method", "status", "source"]
+    header = ["method", "status", "source"] + ([SAMPLES, f"{SAMPLES} [paper]"] if spec.get("samples") else [])
     for col in columns:
         header += [col.header, f"{col.header} [paper]"]
     header += ["mlflow_run_ids", "note"]
@@ -314,6 +352,10 @@ def build_rows(name: str, params: Mapping, literature: Mapping | None = None) ->
     for r in spec["rows"]:
         out = {"method": r.label, "source": "this repository"}
         paper = literature.get((name, r.paper), {}) if r.paper else {}
+        if spec.get("samples"):
+            n = pretraining_samples(params, r.experiment)
+            out[SAMPLES] = "" if n is None else str(n)
+            out[f"{SAMPLES} [paper]"] = str(int(paper[SAMPLES]["value"])) if SAMPLES in paper else ""
         run_ids, notes, found = [], [], 0
         for col in columns:
             c = cell(table_row(name, r, params), col)
@@ -346,7 +388,10 @@ def build_rows(name: str, params: Mapping, literature: Mapping | None = None) ->
             out[col.header] = _fmt(v["value"]) if v else ""
             out[f"{col.header} [paper]"] = ""
         extra = [f"{k} {v['note']}" for k, v in values.items() if v["note"]]
-        unknown = sorted(set(values) - {col.header for col in columns})
+        if spec.get("samples"):
+            out[SAMPLES] = str(int(values[SAMPLES]["value"])) if SAMPLES in values else ""
+            out[f"{SAMPLES} [paper]"] = ""
+        unknown = sorted(set(values) - {col.header for col in columns} - ({SAMPLES} if spec.get("samples") else set()))
         if unknown:
             raise TableError(f"literature.csv: {name}/{method} has columns {unknown} that {name} does not have")
         out["note"] = "; ".join(extra)

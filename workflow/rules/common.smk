@@ -48,6 +48,7 @@ CKPT = PARAMS["paths"]["checkpoints"]
 RUNS = PARAMS["paths"]["runs"]
 RESULTS = PARAMS["paths"]["results"]
 TASKS = ("bigearthnet", "vaihingen", "sen12ms-cr", "spacenet2")
+TASKS += ("oscd", "dsifn", "whu")  # the appendix suite (Tables 8 and 9)
 
 
 wildcard_constraints:

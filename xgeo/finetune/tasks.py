@@ -29,6 +29,7 @@ from ..sensors import get_sensor
 from .loop import sliding_window
 
 TASKS = ("bigearthnet", "vaihingen", "sen12ms-cr", "spacenet2")
+TASKS += ("oscd", "dsifn", "whu")  # the appendix suite (Tables 8 and 9)
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,9 @@ def get_task(name: str, params: Mapping) -> Task:
 
     classes = {"bigearthnet": bigearthnet.BigEarthNet, "vaihingen": vaihingen.Vaihingen,
                "sen12ms-cr": sen12ms_cr.Sen12msCR, "spacenet2": spacenet2.SpaceNet2}
+    from . import change, whu  # the appendix suite (Tables 8 and 9)
+
+    classes.update({"oscd": change.OSCD, "dsifn": change.DSIFN, "whu": whu.WHU})
     if name not in classes:
         raise XGeoError(f"unknown finetuning task {name!r}; expected one of {list(classes)}")
     return classes[name](params, task_settings(params, name))

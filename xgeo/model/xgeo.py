@@ -13,6 +13,8 @@ with j = i (self-reconstruction, Eq. 2) or j = the co-located partner of i (cros
 Sizes (``MODEL_SIZES``; ``model.size`` in params.yaml picks one):
 - ``paper``: SwinV2-Base (embed 128, depths [2, 2, 18, 2], heads [4, 8, 16, 32]), 192 px, window 12; MoE in blocks
   1, 3, ..., 17 of stage 3 (Table 11).
+- ``swin_base`` / ``swin_demo``: Swin v1 (timm's ``SwinTransformer``; ``swin_base`` has the shape of
+  ``swin_base_patch4_window7_224``), for the RGB-only pretraining from scratch of appendix A.1 (Tables 8, 9).
 - ``demo``: embed 32, depths [2, 2, 4, 2], heads [1, 2, 4, 8] (head width 32 as in SwinV2), 64 px, window 4: the
   same four-stage geometry (patch 4, stride 32, 2 x 2 final map at 64 px) small enough for a 2-core CPU; MoE in
   blocks 1 and 3 of stage 3, so the aux loss sums over two layers as in the paper.
@@ -42,6 +44,11 @@ MODEL_SIZES: dict[str, dict] = {
                   timm_name="swinv2_base_window12_192"),
     "demo": dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), img_size=64, window_size=4,
                  timm_name=None),
+    # appendix A.1 (Tables 8 and 9): Swin v1 (arch "swin", timm's SwinTransformer) pretrained from scratch on RGB
+    "swin_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), img_size=224, window_size=7,
+                      timm_name="swin_base_patch4_window7_224", arch="swin"),
+    "swin_demo": dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), img_size=64, window_size=4,
+                      timm_name=None, arch="swin"),  # the same v1 at the demo's width, for the embedded default
 }
 
 
@@ -116,6 +123,7 @@ class XGeo(nn.Module):
 
     def __init__(self, config: Mapping) -> None:
         super().__init__()
+        from timm.models.swin_transformer import SwinTransformer
         from timm.models.swin_transformer_v2 import SwinTransformerV2
 
         self.config = copy.deepcopy(dict(config))
@@ -127,7 +135,9 @@ class XGeo(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)  # SimMIM's init
         # in_chans is irrelevant: tokens come from our per-sensor embeddings, timm's own one is removed below
-        self.encoder = SwinTransformerV2(
+        # arch "swin" (appendix A.1's Swin-Base): timm's Swin v1, the same stages, blocks and NHWC token maps
+        encoder_class = SwinTransformer if c.get("arch", "swinv2") == "swin" else SwinTransformerV2
+        self.encoder = encoder_class(
             img_size=c["img_size"], patch_size=c["patch_size"], in_chans=1, num_classes=0, embed_dim=embed_dim,
             depths=tuple(c["depths"]), num_heads=tuple(c["num_heads"]), window_size=c["window_size"],
             mlp_ratio=c["mlp_ratio"], drop_path_rate=c["drop_path_rate"])

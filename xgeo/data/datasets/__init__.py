@@ -24,8 +24,10 @@ from typing import Callable, Iterator
 from ...errors import DataError
 from ..spec import DatasetSpec, Layout, detect_layout, split_files_given
 from . import bigearthnet, geopile, mdas, millionaid, sen12ms, sen12ms_cr, spacenet2, vaihingen
+from . import dsifn, fmow, geolifeclef, imagenet, oscd, whu  # the appendix's tasks and pretraining sets (Tables 8, 9)
 
 _MODULES = (geopile, millionaid, sen12ms, mdas, bigearthnet, vaihingen, sen12ms_cr, spacenet2)
+_MODULES += (oscd, dsifn, whu, imagenet, geolifeclef, fmow)
 
 
 class UnknownDatasetError(DataError, KeyError):
