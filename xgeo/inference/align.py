@@ -44,6 +44,7 @@ class _Opened:
     indexes: list[int]
     aligned: str  # how it reached the reference grid
     owned: list = field(default_factory=list)
+    alpha: bool = False  # a warped input without nodata: its alpha band marks the footprint
 
 
 def _canonical(sensor: str, name: str) -> str:
@@ -152,7 +153,7 @@ class Scene(contextlib.AbstractContextManager):
         res = (abs(src.transform.a), abs(src.transform.e))
         opened.aligned = (f"warped ({spec.resampling}) from {src.crs} {res[0]:g} x {res[1]:g} onto {r.crs} "
                           f"{abs(r.transform.a):g} x {abs(r.transform.e):g}")
-        opened.dataset, opened.owned = vrt, [vrt, src]
+        opened.dataset, opened.owned, opened.alpha = vrt, [vrt, src], src.nodata is None
         return opened
 
     def read(self, win: Window) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -165,6 +166,8 @@ class Scene(contextlib.AbstractContextManager):
             try:
                 raw = o.dataset.read(o.indexes, window=rw)
                 masks = o.dataset.read_masks(o.indexes, window=rw)
+                if o.alpha:
+                    masks = np.concatenate([masks, o.dataset.read([o.dataset.count], window=rw)])
             except Exception as exc:  # RasterioIOError: a truncated or corrupt file
                 raise DataError(f"{o.spec.path}: cannot read rows {row}..{row + h}, columns {col}..{col + w} "
                                 f"({exc}); the file is truncated or corrupt") from None

@@ -69,13 +69,13 @@ def embed_scene(encoder, inputs: Sequence[InputSpec], out: str | Path, *, stage:
             grid = (n_rows, n_cols)
         elif pool == "mean":
             grid = (n_rows, n_cols)
-            writer = RasterWriter(out, crs=scene.crs, transform=scene.transform * scene.transform.scale(size),
+            writer = RasterWriter(out, crs=scene.crs, transform=scene.transform @ scene.transform.scale(size),
                                   width=n_cols, height=n_rows, count=ch * len(sensors), dtype="float32",
                                   nodata=float("nan"), descriptions=[f"{s}:{c}" for s in sensors for c in range(ch)],
                                   tags=tags)
         else:
             grid = (math.ceil(scene.height / stride), math.ceil(scene.width / stride))
-            writer = RasterWriter(out, crs=scene.crs, transform=scene.transform * scene.transform.scale(stride),
+            writer = RasterWriter(out, crs=scene.crs, transform=scene.transform @ scene.transform.scale(stride),
                                   width=grid[1], height=grid[0], count=ch * len(sensors), dtype="float32",
                                   nodata=float("nan"), descriptions=[f"{s}:{c}" for s in sensors for c in range(ch)],
                                   tags=tags)

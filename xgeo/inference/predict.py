@@ -158,7 +158,7 @@ def scene_inputs(model, images: Mapping[str, str], file_bands: Mapping[str, Sequ
                               + (f"missing --sensor {', '.join(f'{k}=IMAGE' for k in missing)}" if missing else "")
                               + (" (is this the run directory of the task you meant?)" if unknown else ""))
     base_key = RESIDUAL_BASE.get(model.task)
-    return [InputSpec(i["key"], i["sensor"], i["bands"], (file_bands or {}).get(i["key"]),
+    return [InputSpec(i["key"], i["sensor"], images[i["key"]], i["bands"], (file_bands or {}).get(i["key"]),
                       resampling="cubic" if i["key"] == base_key else "bilinear") for i in model.inputs]
 
 
@@ -227,7 +227,7 @@ def _predict_scores(model, scene: Scene, out: Path, window, batch_size, tags, pr
     rows, cols = math.ceil(scene.height / size), math.ceil(scene.width / size)
     n = model.image_size
     skipped = 0
-    with RasterWriter(out, crs=scene.crs, transform=scene.transform * scene.transform.scale(size), width=cols,
+    with RasterWriter(out, crs=scene.crs, transform=scene.transform @ scene.transform.scale(size), width=cols,
                       height=rows, count=len(names), dtype="float32", nodata=float("nan"), descriptions=names,
                       tags=dict(tags, xgeo_class_names=names, xgeo_window=size), cog=True) as writer, \
             tqdm(total=len(wins), desc=f"predict {model.task}", unit="window", disable=not progress) as bar:

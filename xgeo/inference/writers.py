@@ -107,7 +107,7 @@ class ParquetWriter(contextlib.AbstractContextManager):
         fields = [pa.field("window_row", pa.int32()), pa.field("window_col", pa.int32()),
                   pa.field("row_off", pa.int64()), pa.field("col_off", pa.int64()),
                   pa.field("height", pa.int32()), pa.field("width", pa.int32()), pa.field("nodata", pa.bool_())]
-        fields += [pa.field(f"embedding_{s}", pa.list_(pa.float32(), int(d))) for s, d in zip(self.sensors, dims)]
+        fields += [pa.field(f"embedding_{s}", pa.list_(pa.float32()), metadata={"dim": str(int(d))}) for s, d in zip(self.sensors, dims)]
         fields.append(pa.field("geometry", pa.binary()))
         geo = {"version": "1.1.0", "primary_column": "geometry",
                "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"],
