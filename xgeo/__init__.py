@@ -11,39 +11,44 @@ def __getattr__(name):
     raise AttributeError(f"module 'xgeo' has no attribute {name!r}")
 
 
-def _register_timm_models() -> None:
-    from .integrations import timm_models  # noqa: F401  (registers xgeo_swinv2_* with timm)
+_INTEGRATIONS = {"timm": "timm_models", "terratorch": "terratorch"}  # package -> xgeo.integrations module
 
 
-class _AfterTimmImport:
-    """Registers the xgeo models with timm as soon as timm is imported (timm is heavy: `import xgeo` stays light)."""
+def _register(package: str) -> None:
+    import importlib
+
+    importlib.import_module(f".integrations.{_INTEGRATIONS[package]}", __name__)
+
+
+class _AfterImport:
+    """Registers the xgeo encoder with timm / TerraTorch as soon as they are imported (both are heavy, so
+    `import xgeo` does not import them)."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "timm":
+        if name not in _INTEGRATIONS:
             return None
         import importlib.machinery
-        import sys
 
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
             run = spec.loader.exec_module
 
             def exec_module(module):
                 run(module)
-                _register_timm_models()
+                _register(name)
 
             spec.loader.exec_module = exec_module
         return spec
 
 
-def _install_timm_hook() -> None:
+def _install_import_hook() -> None:
     import sys
 
-    if "timm" in sys.modules:
-        _register_timm_models()
-    elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterTimmImport())
+    for package in _INTEGRATIONS:
+        if package in sys.modules:
+            _register(package)
+    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())
 
 
-_install_timm_hook()
+_install_import_hook()
