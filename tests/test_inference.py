@@ -391,3 +391,38 @@ def test_peak_memory_does_not_grow_with_the_scene(tmp_path):
     assert peaks[2048] < scene_bytes / 3, peaks
     # the strip grows with the width only (4x here), far less than the area (16x)
     assert peaks[2048] < 2.5 * peaks[512], peaks
+
+
+def test_xgeo_finetune_writes_the_model_that_xgeo_predict_reads(tmp_path, load):
+    """One finetuning step on a tiny synthetic Vaihingen store; its run directory drives `xgeo predict`."""
+    from xgeo.cli import main
+    from xgeo.data.convert import convert
+    from xgeo.data.synth import synthesize
+    from xgeo.finetune.run import finetune
+
+    params = load("data.datasets.vaihingen.synth.size=[128, 128]", "data.datasets.vaihingen.synth.areas={train: 1, test: 1}",
+                  f"paths.zarr={tmp_path / 'zarr'}", "mlflow.enabled=false", "finetune.vaihingen.image_size=32",
+                  "finetune.vaihingen.batch_size=2", "finetune.vaihingen.warmup_steps=0",
+                  "finetune.vaihingen.head_width=16", "finetune.prediction_tiles=1")
+    synthesize("vaihingen", tmp_path / "raw", params, seed=0)
+    convert("vaihingen", tmp_path / "raw", tmp_path / "zarr" / "vaihingen.zarr", params)
+    run = tmp_path / "run"
+    finetune("vaihingen", "random", run, params, steps=1)
+    assert (run / "model.pt").is_file() and json.loads((run / "run.json").read_text())["task"] == "vaihingen"
+
+    import xgeo
+
+    model = xgeo.load(run, device="cpu")
+    assert model.task == "vaihingen" and model.keys == ["irrg", "dsm"] and model.output == "classes"
+    rng = np.random.default_rng(8)
+    irrg = write_tif(tmp_path / "irrg.tif", rng.integers(0, 255, (3, 70, 90)).astype(np.uint8),
+                     descriptions=["NIR", "R", "G"])
+    dsm = write_tif(tmp_path / "dsm.tif", rng.normal(10, 5, (1, 70, 90)).astype(np.float32))
+    out = tmp_path / "map.tif"
+    res = CliRunner().invoke(main, ["predict", str(run), f"--sensor=irrg={irrg}", f"--sensor=dsm={dsm}", str(out),
+                                    "--task", "vaihingen"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        got = ds.read(1)
+        assert ds.shape == (70, 90) and ds.transform == from_origin(500000, 4000000, 10, 10)
+    assert got.max() < 6
