@@ -426,3 +426,58 @@ def test_xgeo_finetune_writes_the_model_that_xgeo_predict_reads(tmp_path, load):
         got = ds.read(1)
         assert ds.shape == (70, 90) and ds.transform == from_origin(500000, 4000000, 10, 10)
     assert got.max() < 6
+
+
+def _task_run(directory: Path, task: str, head: str, image_size: int = 32) -> Path:
+    """A run directory of an image task (SEN12MS-CR) or of BigEarthNet, random weights, inputs s2 (+ s1)."""
+    from xgeo.config import load_params
+    from xgeo.finetune.backbone import Backbone
+    from xgeo.finetune.heads import ClassificationHead, SimMIMDecoder
+    from xgeo.finetune.run import save_model
+    from xgeo.finetune.tasks import FinetuneNet, InputSpec
+
+    from xgeo.model import build_model
+
+    torch.manual_seed(2)
+    model = build_model(load_params(ROOT / "params.yaml"))
+    model.set_input_size(image_size)
+    key = "s2_cloudy" if task == "sen12ms-cr" else "s2"
+    specs = [InputSpec(key, "s2", get_sensor("s2").band_names), InputSpec("s1", "s1", ("VV", "VH"))]
+    backbone = Backbone(model, specs, 2, image_size)
+    h = SimMIMDecoder(backbone.channels, 13) if head == "SimMIMDecoder" else ClassificationHead(backbone.channels, 19)
+    net = FinetuneNet(backbone, h).eval()
+    task_ns = SimpleNamespace(image_size=image_size, protocol=None, ignore_index=None, spec=SimpleNamespace(extra={}),
+                              class_names=[f"c{i}" for i in range(19)] if head != "SimMIMDecoder" else None,
+                              out_bands=get_sensor("s2").band_names if head == "SimMIMDecoder" else None,
+                              target_sensor="s2" if head == "SimMIMDecoder" else None,
+                              stats={key: S2_STATS, "s1": S1_STATS})
+    directory.mkdir(parents=True)
+    save_model(directory / "model.pt", net, task_ns, task)
+    return directory
+
+
+@pytest.mark.parametrize("task, head", [("sen12ms-cr", "SimMIMDecoder"), ("bigearthnet", "ClassificationHead")])
+def test_image_and_scene_classification_tasks_on_one_window(tmp_path, task, head):
+    import xgeo
+    from xgeo.inference.predict import predict_scene
+
+    model = xgeo.load(_task_run(tmp_path / "run", task, head), device="cpu")
+    rng = np.random.default_rng(9)
+    s2 = rng.integers(0, 4000, (13, 32, 32)).astype(np.uint16)
+    s1 = rng.normal(-12, 3, (2, 32, 32)).astype(np.float32)
+    key = model.keys[0]
+    paths = {key: write_tif(tmp_path / "s2.tif", s2), "s1": write_tif(tmp_path / "s1.tif", s1)}
+    out = tmp_path / "out.tif"
+    predict_scene(model, paths, out, stride=32, margin=0, progress=False)
+    xs = [(s2.astype(np.float32) - S2_STATS[0][:, None, None]) / S2_STATS[1][:, None, None],
+          (np.clip(s1, -25, 0) - S1_STATS[0][:, None, None]) / S1_STATS[1][:, None, None]]
+    with torch.no_grad():
+        direct = model.net([torch.from_numpy(x[None].astype(np.float32)) for x in xs])[0][0].numpy()
+    with rasterio.open(out) as ds:
+        got = ds.read()
+        if head == "SimMIMDecoder":  # S2 reflectance x 10000, the target's band names
+            assert ds.descriptions[3] == "B04" and ds.shape == (32, 32)
+            np.testing.assert_allclose(got, np.clip(direct, 0, 1) * 10000, atol=1e-2)
+        else:  # one pixel per window, 19 sigmoid scores
+            assert ds.shape == (1, 1) and ds.count == 19 and ds.transform.a == 320
+            np.testing.assert_allclose(got[:, 0, 0], 1 / (1 + np.exp(-direct)), atol=1e-6)
