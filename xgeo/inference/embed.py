@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..errors import XGeoError
 from .align import InputSpec, Scene
 from .windows import Window, check_scene, tile_grid
-from .writers import ParquetWriter, RasterWriter, check_output
+from .writers import ParquetWriter, RasterWriter, check_output, gdal_env
 
 
 def embed_scene(encoder, inputs: Sequence[InputSpec], out: str | Path, *, stage: int = -1, pool: str = "none",
@@ -58,7 +58,7 @@ def embed_scene(encoder, inputs: Sequence[InputSpec], out: str | Path, *, stage:
         encoder.stats(spec.sensor)
     stride, ch = encoder.feature_strides[stage], encoder.feature_channels[stage]
     sensors = [s.key for s in inputs]
-    with Scene(inputs) as scene:
+    with gdal_env(), Scene(inputs) as scene:
         check_scene(scene.height, scene.width, size, scene.path)
         wins = tile_grid(scene.height, scene.width, size)
         n_rows, n_cols = math.ceil(scene.height / size), math.ceil(scene.width / size)
@@ -72,13 +72,13 @@ def embed_scene(encoder, inputs: Sequence[InputSpec], out: str | Path, *, stage:
             writer = RasterWriter(out, crs=scene.crs, transform=scene.transform @ scene.transform.scale(size),
                                   width=n_cols, height=n_rows, count=ch * len(sensors), dtype="float32",
                                   nodata=float("nan"), descriptions=[f"{s}:{c}" for s in sensors for c in range(ch)],
-                                  tags=tags)
+                                  tags=tags, block=16)
         else:
             grid = (math.ceil(scene.height / stride), math.ceil(scene.width / stride))
             writer = RasterWriter(out, crs=scene.crs, transform=scene.transform @ scene.transform.scale(stride),
                                   width=grid[1], height=grid[0], count=ch * len(sensors), dtype="float32",
                                   nodata=float("nan"), descriptions=[f"{s}:{c}" for s in sensors for c in range(ch)],
-                                  tags=tags)
+                                  tags=tags, block=16)
         skipped = 0
         with writer, tqdm(total=len(wins), desc=f"embed {Path(scene.path).name}", unit="window",
                           disable=not progress) as bar:

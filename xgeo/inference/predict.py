@@ -36,7 +36,7 @@ from ..errors import CheckpointError, XGeoError
 from ..sensors import get_sensor
 from .align import InputSpec, Scene
 from .windows import Window, blend_grid, blend_weight, check_scene, tile_grid
-from .writers import RasterWriter, check_output
+from .writers import RasterWriter, check_output, gdal_env
 
 RESIDUAL_BASE = {"spacenet2": "mul"}  # tasks whose network predicts the residual over this input on [0, 1]
 NODATA_CLASS = 255
@@ -174,7 +174,7 @@ def predict_scene(model, images: Mapping[str, str], out: str | Path, *, window: 
     if expect_task is not None and expect_task != model.task:
         raise CheckpointError(f"{model.source}: a run of task {model.task!r}, not {expect_task!r}")
     specs = scene_inputs(model, images, file_bands)
-    with Scene(specs) as scene:
+    with gdal_env(), Scene(specs) as scene:
         tags = {"xgeo_task": model.task, "xgeo_run": str(model.source), "xgeo_alignment": scene.alignment}
         if model.output == "multilabel":
             return _predict_scores(model, scene, out, window, batch_size, tags, progress, on_batch)

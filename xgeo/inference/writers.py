@@ -23,17 +23,30 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
+GDAL_CACHE_MB = 64  # GDAL's block cache (default 5 % of RAM) kept small: memory stays flat as scenes grow
+
+
+def gdal_env():
+    """The GDAL settings inference reads and writes under (a bounded block cache)."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
 def _block(n: int) -> int:
     return 256 if n >= 256 else max(16, -(-n // 16) * 16)
 
 
 class RasterWriter(contextlib.AbstractContextManager):
     """A tiled, DEFLATE-compressed GeoTIFF written window by window; ``cog=True`` rewrites it as a Cloud
-    Optimized GeoTIFF with overviews (GDAL's COG driver) before the final rename."""
+    Optimized GeoTIFF with overviews (GDAL's COG driver) before the final rename. ``block``: the tile side (a
+    multiple of 16; default 256, less for small rasters): small tiles for many-band feature maps, whose pixel-
+    interleaved tiles GDAL keeps in its cache until a whole tile is written."""
 
     def __init__(self, path: Path, *, crs, transform, width: int, height: int, count: int, dtype: str,
                  nodata=None, descriptions: Sequence[str] | None = None, tags: Mapping | None = None,
-                 colormap: Mapping | None = None, cog: bool = False, overview_resampling: str = "average") -> None:
+                 colormap: Mapping | None = None, cog: bool = False, overview_resampling: str = "average",
+                 block: int | None = None) -> None:
         import rasterio
 
         self.path, self.cog, self.overview_resampling = Path(path), cog, overview_resampling
@@ -43,7 +56,8 @@ class RasterWriter(contextlib.AbstractContextManager):
         try:
             self.ds = rasterio.open(
                 self._work, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
-                transform=transform, nodata=nodata, tiled=True, blockxsize=_block(width), blockysize=_block(height),
+                transform=transform, nodata=nodata, tiled=True, blockxsize=block or _block(width),
+                blockysize=block or _block(height),
                 compress="deflate", predictor=3 if np.dtype(dtype).kind == "f" else 2, bigtiff="if_safer")
             for i, d in enumerate(descriptions or [], start=1):
                 self.ds.set_band_description(i, str(d))
