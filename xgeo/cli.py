@@ -240,6 +240,93 @@ def plan_cmd(no_stores: bool, no_measure: bool, params: dict) -> None:
     click.echo("plan: ok")
 
 
+# ------------------------------------------------------------------------------------------------------ inference
+def _pairs(items, option: str, split_list: bool = False) -> dict:
+    """('KEY=VALUE', ...) -> {KEY: VALUE} (VALUE split on commas when ``split_list``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise XGeoError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key] = [v.strip() for v in value.split(",")] if split_list else value
+    return out
+
+
+@main.command("embed")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--sensor", "images", multiple=True, required=True, metavar="SENSOR=IMAGE",
+              help="an image of SENSOR (a GeoTIFF path or GDAL URL); repeat for co-located sensors (the first sets the grid)")
+@click.option("--bands", multiple=True, metavar="SENSOR=NAME,...", help="the names of the file's bands, in file order")
+@click.option("--stage", type=int, default=-1, show_default=True, help="encoder stage 0-3 (-1: the last)")
+@click.option("--pool", type=click.Choice(["none", "mean"]), default="none", show_default=True,
+              help="none: the feature map; mean: one vector per window")
+@click.option("--window", type=int, default=None, help="window size in pixels, a multiple of 32 (default: the model's)")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--stats", default=None, help="normalisation statistics: a Zarr store or JSON {sensor: {mean, std}}")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
+@params_options
+def embed_cmd(checkpoint: str, out: str, images, bands, stage: int, pool: str, window: int | None, batch_size: int,
+              stats: str | None, device: str, overwrite: bool, params: dict) -> None:
+    """Features of whole scenes from a pretraining CHECKPOINT -> OUT (.tif feature map, .parquet with --pool mean)."""
+    from .inference.align import InputSpec
+    from .inference.api import Encoder, load
+    from .inference.embed import embed_scene
+    from .inference.writers import check_output
+    from .sensors import get_sensor
+
+    paths, names = _pairs(images, "--sensor"), _pairs(bands, "--bands", split_list=True)
+    for sensor in [*paths, *names]:
+        try:
+            get_sensor(sensor)
+        except KeyError as exc:
+            raise XGeoError(str(exc.args[0])) from None
+    check_output(out, overwrite)  # before loading the model
+    encoder = load(checkpoint, stats=stats, device=device)
+    if not isinstance(encoder, Encoder):
+        raise XGeoError(f"{checkpoint}: a finetuning run directory; embed takes a pretraining checkpoint (last.ckpt)")
+    unknown = [k for k in names if k not in paths]
+    if unknown:
+        raise XGeoError(f"--bands names {unknown}, which have no --sensor image")
+    specs = [InputSpec(s, s, p, get_sensor(s).band_names, names.get(s)) for s, p in paths.items()]
+    info = embed_scene(encoder, specs,
+                       out, stage=stage, pool=pool, window=window, batch_size=batch_size, overwrite=overwrite)
+    click.echo(f"wrote {info['out']}: {info['windows']} windows ({info['skipped']} nodata, skipped), grid "
+               f"{info['grid'][0]} x {info['grid'][1]}, {info['channels']} channels")
+
+
+@main.command("predict")
+@click.argument("run_dir", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--sensor", "images", multiple=True, required=True, metavar="KEY=IMAGE",
+              help="the image of the task's input KEY (e.g. irrg, dsm; s2_cloudy, s1; pan, mul; s2, s1)")
+@click.option("--bands", multiple=True, metavar="KEY=NAME,...", help="the names of the file's bands, in file order")
+@click.option("--task", "expect_task", default=None, help="refuse a run directory of another task")
+@click.option("--window", type=int, default=None, help="window size in pixels (default: the task's image_size)")
+@click.option("--stride", type=int, default=None, help="window stride (default: window / 2)")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
+@params_options
+def predict_cmd(run_dir: str, out: str, images, bands, expect_task: str | None, window: int | None,
+                stride: int | None, batch_size: int, device: str, overwrite: bool, params: dict) -> None:
+    """Apply a finetuned task (RUN_DIR of xgeo finetune) to whole scenes -> OUT.tif (COG)."""
+    from .inference.api import Finetuned, load
+    from .inference.predict import predict_scene
+    from .inference.writers import check_output
+
+    check_output(out, overwrite)  # before loading the model
+    model = load(run_dir, device=device)
+    if not isinstance(model, Finetuned):
+        raise XGeoError(f"{run_dir}: not a finetuning run directory (expected run.json and model.pt from "
+                        f"xgeo finetune); embed a pretraining checkpoint with xgeo embed")
+    info = predict_scene(model, _pairs(images, "--sensor"), out, window=window, stride=stride,
+                         batch_size=batch_size, file_bands=_pairs(bands, "--bands", split_list=True),
+                         overwrite=overwrite, expect_task=expect_task)
+    click.echo(f"wrote {info['out']} ({info['task']}, window {info['window']}, {info['skipped']} nodata windows skipped)")
+
+
 # --------------------------------------------------------------------------------------------------------- tables
 @main.command("table")
 @click.argument("name")

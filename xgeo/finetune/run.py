@@ -2,6 +2,7 @@
 
 Writes (atomically) ``DIR/metrics.json`` (the task's metrics under the names of the paper's tables: ``mAP_micro``,
 ``mAP_macro``, ``mIoU``, ``OA``, ``MAE``, ``SAM``, ``SSIM``, ``PSNR``, plus per-class / per-band scores),
+``DIR/model.pt`` (the finetuned network, read by ``xgeo predict`` and ``xgeo.load``),
 ``DIR/predictions.npz`` (the evaluation set's targets and outputs, or a fixed sample of tiles for dense tasks;
 ``xgeo.metrics.from_predictions`` recomputes the metrics from it) and ``DIR/run.json`` (mlflow_run_id, task, init,
 fraction, experiment, protocol, steps, seconds). Logs params, metrics, per-class scores and the qualitative
@@ -242,5 +243,25 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
                 "protocol": t.protocol, "steps": total, "seconds": round(time.time() - started, 2),
                 "method": s.get("method"), "inputs": [i.key for i in t.input_specs()], "adapted": init_info["adapted"],
                 "profile": params.get("profile"), "device": procs.device.type, "processes": procs.world_size}
+        save_model(out / "model.pt", net, t, task)
         write_json(out / "run.json", _jsonable(info))
     return result
+
+
+def save_model(path: Path, net: FinetuneNet, t, task: str) -> None:
+    """The finetuned network for ``xgeo predict`` / ``xgeo.load`` (atomic): weights, the model config and inputs to
+    rebuild it, the head's class, the task store's normalisation statistics and the output's names/colours."""
+    from ..io import atomic_path
+
+    backbone = net.backbone
+    state = {"format": "xgeo-finetuned", "task": task, "net": net.state_dict(),
+             "model_config": backbone.model.config, "method": backbone.method, "image_size": t.image_size,
+             "inputs": [{"key": i.key, "sensor": i.sensor, "bands": list(i.bands)} for i in backbone.inputs],
+             "head": type(net.head).__name__,
+             "stats": {k: (np.asarray(m).tolist(), np.asarray(s).tolist()) for k, (m, s) in t.stats.items()},
+             "class_names": list(getattr(t, "class_names", None) or []) or None,
+             "colours": t.spec.extra.get("colours"), "ignore_index": getattr(t, "ignore_index", None),
+             "out_bands": list(getattr(t, "out_bands", None) or []) or None,
+             "target_sensor": getattr(t, "target_sensor", None) or None, "protocol": t.protocol}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
