@@ -23,7 +23,8 @@ import torch
 from .. import tracking
 from ..io import write_bytes, write_json
 from ..runtime import configure as configure_runtime
-from .backbone import build_backbone
+from ..provenance import digest, finetune_settings
+from .backbone import build_backbone, resolve_init
 from .loop import train
 from .tasks import FinetuneNet, get_task, task_settings
 
@@ -92,6 +93,10 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
     settings = dict(s, warmup_steps=min(warm, total), steps=total)
 
     backbone, init_info = build_backbone(init, params, t.input_specs(), t.image_size, t.s)
+    # provenance: every setting that shaped this run (xgeo.provenance); the table builder checks it
+    kind, weights = resolve_init(init, params)
+    shaped_by = finetune_settings(params, task, None if kind == "random" else weights, fraction, steps)
+    shaped_digest = digest(shaped_by)
     net = FinetuneNet(backbone, t.build_head(backbone.channels))
     def step_loss(batch):
         loss, aux = t.step_loss(net, batch)
@@ -101,11 +106,13 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
     run_name = f"{task}/{init_info['init']}/" + (f"f{subset['fraction']}" if subset.get("fraction") is not None
                                                   else subset.get("subset", "all").replace(" ", "_"))
     tags = {"xgeo.stage": "finetune", "xgeo.task": task, "xgeo.init": init_info["init"],
-            "xgeo.fraction": subset.get("fraction"), "xgeo.protocol": t.protocol}
+            "xgeo.fraction": subset.get("fraction"), "xgeo.protocol": t.protocol, "xgeo.seed": params.get("seed"),
+            "xgeo.settings_digest": shaped_digest}
     with tracking.start_run(params, experiment=EXPERIMENT, run_name=run_name,
                             tags={k: v for k, v in tags.items() if v is not None}) as run:
         run.log_params({"task": task, "init": init, "steps": total, "finetune": settings, "model": params["model"],
-                        "subset": subset, "protocol": t.protocol})
+                        "subset": subset, "protocol": t.protocol, "seed": params.get("seed"),
+                        "settings_digest": shaped_digest})
         losses = train(net, step_loss, _loader(train_ds, batch_size, True, params, drop_last=True), settings, total,
                        desc=f"finetune {task}", log=run.log_metrics, log_every=int(params["finetune"].get("log_every", 10)))
         result, arrays, figures = t.evaluate(net, eval_ds, _loader(eval_ds, int(params["finetune"]["eval_batch_size"]),
@@ -127,6 +134,8 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
                 "fraction": subset.get("fraction"), "subset": subset, "experiment": params.get("experiment"),
                 "protocol": t.protocol, "steps": total, "seconds": round(time.time() - started, 2),
                 "method": s.get("method"), "inputs": [i.key for i in t.input_specs()], "adapted": init_info["adapted"],
-                "profile": params.get("profile")}
+                "profile": params.get("profile"), "seed": params.get("seed"),
+                "train_samples": int(len(train_ds)), "eval_samples": int(len(eval_ds)),
+                "settings": shaped_by, "settings_digest": shaped_digest}
         write_json(out / "run.json", _jsonable(info))
     return result
