@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xgeo import provenance, replicates, tables, tracking
 from xgeo.io import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -50,7 +54,7 @@ TASK_METRICS = {
     "bigearthnet": lambda x: {"mAP_micro": 50 + 100 * x, "mAP_macro": 40 + 100 * x},  # percent, as xgeo.metrics
     "sen12ms-cr": lambda x: {"MAE": 0.1 - x / 10, "SAM": 20.0 - x, "SSIM": 0.3 + x, "PSNR": 15.0},
     "spacenet2": lambda x: {"PSNR": 18.0 + x, "SSIM": 0.4 + x},
-    "vaihingen": lambda x: {"mIoU": 30 + 100 * x, "OA": 60.0},
+    "vaihingen": lambda x: {"mIoU": 30 + 100 * x, "mIoU_all": 28 + 100 * x, "OA": 60.0},
 }
 
 
@@ -82,11 +86,11 @@ def test_table3_values_paper_columns_cited_and_missing(params, tmp_path):
     xgeo = rows["XGeo|run"]
     c = tables.cell(spec["rows"][0], tables.BEN10)
     got = [json.loads((d / "metrics.json").read_text())["mAP_micro"] for _, d in c.replicate_dirs(params)]
-    assert float(xgeo["BEN 10% mAP_micro"]) == pytest.approx(np.mean(got), abs=1e-6)
-    assert float(xgeo["BEN 10% mAP_micro std"]) == pytest.approx(np.std(got, ddof=1), abs=1e-6)
-    assert xgeo["BEN 10% mAP_micro n"] == "2" and xgeo["BEN 10% mAP_micro n_train"] == "500"
-    assert xgeo["BEN 10% mAP_micro n_eval"] == "400"
-    assert xgeo["BEN 10% mAP_micro [paper]"] == "87.5"
+    assert float(xgeo["BEN 10% micro mAP (whole eval set)"]) == pytest.approx(np.mean(got), abs=1e-6)
+    assert float(xgeo["BEN 10% micro mAP (whole eval set) std"]) == pytest.approx(np.std(got, ddof=1), abs=1e-6)
+    assert xgeo["BEN 10% micro mAP (whole eval set) n"] == "2" and xgeo["BEN 10% micro mAP (whole eval set) n_train"] == "500"
+    assert xgeo["BEN 10% micro mAP (whole eval set) n_eval"] == "400"
+    assert xgeo["BEN 10% micro mAP (whole eval set) [paper]"] == "87.5"
     assert float(xgeo["SEN12MS-CR SAM"]) == pytest.approx(20.0 - 0.0005 - 0.03, abs=1e-6)
     assert xgeo["SEN12MS-CR SAM [paper]"] == "4.87"
     assert xgeo["SpaceNet PSNR [paper]"] == "22.85"
@@ -94,17 +98,17 @@ def test_table3_values_paper_columns_cited_and_missing(params, tmp_path):
     assert len(xgeo["mlflow_run_ids"].split(";")) == 5 * 2  # one run per (task, fraction, seed)
     # XGeo against Random: the difference and its Welch interval; SAM is lower-better, so a lower SAM is "better"
     assert xgeo["compared_with"] == "Random"
-    assert float(xgeo["BEN 10% mAP_micro diff"]) == pytest.approx(2.0, abs=1e-6)
-    assert float(xgeo["BEN 10% mAP_micro diff 95% low (Welch)"]) > 1.5
-    assert xgeo["BEN 10% mAP_micro verdict"] == "better" and xgeo["SEN12MS-CR SAM verdict"] == "better"
+    assert float(xgeo["BEN 10% micro mAP (whole eval set) diff"]) == pytest.approx(2.0, abs=1e-6)
+    assert float(xgeo["BEN 10% micro mAP (whole eval set) diff 95% low (Welch)"]) > 1.5
+    assert xgeo["BEN 10% micro mAP (whole eval set) verdict"] == "better" and xgeo["SEN12MS-CR SAM verdict"] == "better"
     assert xgeo["SEN12MS-CR MAE verdict"] == "better" and xgeo["SpaceNet SSIM verdict"] == "better"
     assert xgeo["SpaceNet PSNR verdict"] == "better"
-    assert xgeo["Vaihingen mIoU verdict"] == ""  # Random has no Vaihingen run
+    assert xgeo["Vaihingen mIoU (5 classes without clutter) verdict"] == ""  # Random has no Vaihingen run
 
     random = rows["Random|partial"]
-    assert random["Vaihingen mIoU"] == "" and random["compared_with"] == ""
-    assert "Vaihingen mIoU: missing, run" in random["note"] and "not run yet" in random["note"]
-    assert random["Vaihingen mIoU [paper]"] == "67"
+    assert random["Vaihingen mIoU (5 classes without clutter)"] == "" and random["compared_with"] == ""
+    assert "Vaihingen mIoU (5 classes without clutter): missing, run" in random["note"] and "not run yet" in random["note"]
+    assert random["Vaihingen mIoU (5 classes without clutter) [paper]"] == "67"
 
     in22k = rows["IN-22k|missing"]
     assert all(in22k[col.header] == "" for col in spec["columns"])
@@ -112,7 +116,7 @@ def test_table3_values_paper_columns_cited_and_missing(params, tmp_path):
 
     # the table's own MLflow experiment: one run per build with the CSV and the cells; cited runs tagged with their row
     (table_run,) = tracking.search_runs(params, "table3")
-    assert table_run.data.metrics[tables._metric_key("XGeo", "BEN 10% mAP_micro")] == pytest.approx(float(xgeo["BEN 10% mAP_micro"]))
+    assert table_run.data.metrics[tables._metric_key("XGeo", "BEN 10% micro mAP (whole eval set)")] == pytest.approx(float(xgeo["BEN 10% micro mAP (whole eval set)"]))
     assert not any(k.startswith("SeCo/") for k in table_run.data.metrics)  # cited rows are not metrics of a run
     assert ids[c, 0] in table_run.data.tags["xgeo.cited_runs"]
     assert table_run.data.tags["xgeo.params_digest"] == provenance.digest(params)
@@ -120,7 +124,7 @@ def test_table3_values_paper_columns_cited_and_missing(params, tmp_path):
     assert tracking.get_run(params, ids[c, 0]).data.tags["xgeo.table.table3"] == "XGeo"
 
     seco = rows["SeCo|cited"]
-    assert seco["BEN 10% mAP_micro"] == "82.6" and seco["Vaihingen mIoU"] == "68.9" and seco["SEN12MS-CR MAE"] == ""
+    assert seco["BEN 10% micro mAP (whole eval set)"] == "82.6" and seco["Vaihingen mIoU (5 classes without clutter)"] == "68.9" and seco["SEN12MS-CR MAE"] == ""
     assert "Mañas et al., 2021" in seco["source"]
     assert rows["XGeo|cited"]["SEN12MS-CR MAE"] == "0.026"
     assert {r["method"] for r in read_csv(out) if r["status"] == "cited"} == {
@@ -188,12 +192,73 @@ def test_a_subset_below_the_minimum_is_insufficient_never_a_number(params):
                      n_train=1 if row.variant else 20, n_eval=40 if row.variant else 200)
     _, rows = tables.build_rows("table13", dict(params, mlflow={**params["mlflow"], "enabled": False}))
     low, ok = rows[0], rows[1]
-    h = "BEN 1% mAP_micro"
+    h = "BEN 1% micro mAP (whole eval set)"
     assert low[h] == ("insufficient (n=1 training samples < tables.min_train_samples 20; "
                       "n=40 evaluation samples < tables.min_eval_samples 200)")
     assert low[f"{h} n_train"] == "1" and low[f"{h} n_eval"] == "40" and low[f"{h} std"] == ""
     assert low["status"] == "missing" and "insufficient" in low["note"] and low[f"{h} verdict"] == ""
     assert float(ok[h]) == pytest.approx(60.0) and ok[f"{h} n_train"] == "20" and ok[f"{h} n"] == "3"
+
+
+PAPER = ROOT / ".." / "shared" / "paper" / "xgeo-paper.txt"
+# the numeric columns of each paper table, left to right, as literature.csv names them
+_ABL = [tables.BEN1, tables.BEN10, *tables.CR, *tables.SN, tables.VH]
+PAPER_COLUMNS = {"table3": [tables.BEN10, tables.BEN100, *tables.CR, *tables.SN, tables.VH],
+                 "table4": list(tables.CR), "table5": _ABL, "table6": _ABL, "table7": _ABL,
+                 "table10": [tables.BEN10, tables.CR1_SAM], "table13": [tables.BEN1],
+                 "table14": [tables.BEN1, tables.BEN5PC]}
+
+
+def paper_tables(text):
+    """{table: [(label, [value or None per numeric column])]} from the paper's text (tab-separated rows)."""
+    out, current = {}, None
+    number = re.compile(r"^-?\d+(\.\d+)?%?$")
+    for line in text.splitlines():
+        m = re.match(r"^Table (\d+):", line)
+        if m:
+            current = f"table{m.group(1)}" if f"table{m.group(1)}" in PAPER_COLUMNS else None
+            if current:
+                out[current] = []
+            continue
+        if current is None or "\t" not in line:
+            if current and out[current] and not line.strip():
+                current = None  # the blank line after the rows ends the table
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        label = cells[0]
+        # value cells: numbers, "-" (not reported), "8.37 ± 0.057" (mean ± std: the mean is the value)
+        values = [c.split("±")[0].strip() for c in cells[1:] if c]
+        values = [v for v in values if v == "-" or number.match(v)]
+        values = [v for v in values if not v.endswith("%")]  # Table 7's cross-sensor percentage is a setting
+        if len(values) == len(PAPER_COLUMNS[current]) and not label.startswith(("Metric", "Methods")):
+            label = label or " ".join(cells[1:3])
+            out[current].append((label, [None if v == "-" else float(v) for v in values]))
+    return out
+
+
+def test_literature_equals_the_values_parsed_from_the_paper():
+    """Frozen against the paper's text, not against the CSV itself: every number of Tables 3-7, 10, 13 and 14 is
+    in literature.csv under its row and column, and literature.csv holds nothing else."""
+    assert PAPER.exists(), f"{PAPER}: the paper's text (../shared/paper/xgeo-paper.txt beside the repository)"
+    parsed = paper_tables(PAPER.read_text())
+    lit = tables.read_literature(tables.LITERATURE)
+    total = 0
+    for table, rows in parsed.items():
+        methods = list(dict.fromkeys(m for t, m in lit if t == table))
+        assert len(methods) == len(rows), (table, methods, [label for label, _ in rows])
+        for method, (label, values) in zip(methods, rows):
+            if table not in ("table7", "table13"):  # Table 7 labels are check marks, Table 13's are numbers
+                assert label.split(" (")[0].split(" ")[0] in method, (table, method, label)
+            got = {col: v["value"] for col, v in lit[table, method].items()}
+            want = {col.header: v for col, v in zip(PAPER_COLUMNS[table], values) if v is not None}
+            assert got == want, (table, method)
+            total += len(want)
+    assert set(parsed) == set(PAPER_COLUMNS) and total == 159
+    # Table 7's check marks: MoE and cross-sensor reconstruction, then the percentage, as the row names say
+    marks = [line.split("\t")[:3] for line in PAPER.read_text().splitlines() if line.startswith(("✗\t", "✓\t"))]
+    names = [m for t, m in lit if t == "table7"]
+    assert [f"MoE {'yes' if a == '✓' else 'no'}, cross {'yes' if b == '✓' else 'no'}, {c}" for a, b, c in marks] == \
+        list(dict.fromkeys(names))
 
 
 def test_every_literature_value_lands_in_its_table(params):
@@ -240,7 +305,7 @@ def test_figure3_grid_and_png(params, tmp_path):
 
     c = tables.Cell("s1-only", "bigearthnet", "xgeo", 0.1, "bigearthnet_s1")
     fake_run(params, c, {"mAP_micro": 62.5, "mAP_macro": 50.0}, log=False)  # percent, as xgeo.metrics
-    grid = plots.figure3_grid(params)["BEN 10% mAP_micro"]["values"]
+    grid = plots.figure3_grid(params)["BEN 10% micro mAP (whole eval set)"]["values"]
     assert grid[0, 0] == 62.5
     assert np.isnan(grid).sum() == grid.size - 1
     out = plots.figure3(params, tmp_path / "fig3.png")
