@@ -392,6 +392,8 @@ def cell_result(params: Mapping, c: Cell, metric: str, header: str) -> CellResul
             stale.append(f"{d}: " + "; ".join(why))
             continue
         values.append(value)
+        if result["metrics"].get("metrics_note"):
+            notes.append(f"{header} seed {seed}: {result['metrics']['metrics_note']}")
         n_train.append(_count(result["run"], result["metrics"], "train_samples"))
         n_eval.append(_count(result["run"], result["metrics"], "eval_samples"))
         run_id = result["run"].get("mlflow_run_id")
