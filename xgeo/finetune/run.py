@@ -104,7 +104,8 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
 
     batch_size = min(int(s["batch_size"]), len(train_ds))
     run_name = f"{task}/{init_info['init']}/" + (f"f{subset['fraction']}" if subset.get("fraction") is not None
-                                                  else subset.get("subset", "all").replace(" ", "_"))
+                                                  else subset.get("subset", "all").replace(" ", "_")) \
+        + f"/seed{params.get('seed', 0)}"
     tags = {"xgeo.stage": "finetune", "xgeo.task": task, "xgeo.init": init_info["init"],
             "xgeo.fraction": subset.get("fraction"), "xgeo.protocol": t.protocol, "xgeo.seed": params.get("seed"),
             "xgeo.settings_digest": shaped_digest}
@@ -113,6 +114,13 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
         run.log_params({"task": task, "init": init, "steps": total, "finetune": settings, "model": params["model"],
                         "subset": subset, "protocol": t.protocol, "seed": params.get("seed"),
                         "settings_digest": shaped_digest})
+        # the store this run read, once per split, as MLflow dataset inputs (digest of the store's root metadata:
+        # split sizes, statistics, modalities)
+        from ..provenance import file_digest
+
+        store_digest = (file_digest(t.path / "zarr.json") or "unknown")[:16]
+        run.log_input(f"{t.dataset}:train", store_digest, "train", len(train_ds), t.path)
+        run.log_input(f"{t.dataset}:{t.eval_split()}", store_digest, t.eval_split(), len(eval_ds), t.path)
         losses = train(net, step_loss, _loader(train_ds, batch_size, True, params, drop_last=True), settings, total,
                        desc=f"finetune {task}", log=run.log_metrics, log_every=int(params["finetune"].get("log_every", 10)))
         result, arrays, figures = t.evaluate(net, eval_ds, _loader(eval_ds, int(params["finetune"]["eval_batch_size"]),
