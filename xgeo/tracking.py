@@ -43,6 +43,9 @@ from .errors import XGeoError
 # new experiment opens on the GenAI overview); "custom_model_development" is the model-training view
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# ...but MLflow 3.17's UI keeps a GenAI / model-training switch per browser (default GenAI, overview page first) that
+# only the address overrides: `xgeo ui` links experiments with this query so they open on their runs table
+UI_VIEW = "?workflowType=machine_learning"
 LOCK_SUFFIX = ".lock"
 ARTIFACTS_DIR = "mlartifacts"
 RETRIES = 20
@@ -364,7 +367,8 @@ def serve_ui(params: Mapping, host: str = "127.0.0.1", port: int = 5000) -> None
         raise TrackingError(f"xgeo ui --host: serves on the loopback interface only (127.0.0.1), found {host!r}")
     store = resolve_store(params)
     _client(store)
-    print(f"xgeo ui: MLflow UI for {store.uri} at http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    print(f"xgeo ui: MLflow UI for {store.uri} at http://{host}:{port}/#/experiments{UI_VIEW} "
+          f"(the model-training view: runs first; Ctrl-C stops it)", flush=True)
     cmd = ui_command(params, host, port)
     # become the server process: Ctrl-C and SIGTERM then reach mlflow directly, no orphaned server is left behind
     os.execv(cmd[0], cmd)
