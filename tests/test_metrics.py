@@ -164,3 +164,15 @@ def test_nodata_pixels_are_left_out_of_every_image_metric():
     assert out["SSIM"] == pytest.approx(_skimage_ssim(left_p, left_t), abs=1e-10)
     cos = (left_p * left_t).sum(0) / (np.linalg.norm(left_p, axis=0) * np.linalg.norm(left_t, axis=0))
     assert out["SAM"] == pytest.approx(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean(), rel=1e-9)
+
+
+def test_per_batch_micro_map_is_the_mean_of_each_batch_micro_ap():
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(size=(10, 3))
+    targets = (rng.uniform(size=(10, 3)) > 0.6).astype(np.uint8)
+    targets[8:] = 0  # the last batch of 2 has no positive: no AP, left out of the mean
+    want = np.mean([average_precision_score(targets[i:i + 4].ravel(), scores[i:i + 4].ravel()) for i in (0, 4)])
+    assert metrics.per_batch_micro_map(scores, targets, 4) == pytest.approx(100 * want, rel=1e-12)
+    # one batch holding everything is the whole-set micro mAP
+    assert metrics.per_batch_micro_map(scores, targets, 10) == pytest.approx(
+        metrics.multilabel_map(scores, targets)["mAP_micro"], rel=1e-12)

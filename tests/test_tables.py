@@ -361,3 +361,18 @@ def test_default_sizes_give_every_table_cell_enough_samples(load):
         assert tables.insufficient(p, n_train, evaluation[c.task]) is None, (c, n_train, evaluation[c.task])
     assert round(0.01 * train["bigearthnet"]) >= lo_train and round(0.01 * train["sen12ms-cr"]) >= lo_train
     assert min(evaluation.values()) >= lo_eval
+
+
+def test_literature_protocol_adds_the_per_batch_column_beside_each_bigearthnet_column(params):
+    params["finetune"]["bigearthnet"]["protocol"] = "literature"
+    params["tables"]["replicates"] = 2
+    c = tables.cell(tables.TABLES["table13"]["rows"][1], tables.BEN1)
+    for seed in (0, 1):
+        fake_run(params, c, {"mAP_micro": 60.0 + seed, "mAP_macro": 50.0, "mAP_micro_per_batch": 70.0 + seed},
+                 log=False, seed=seed)
+    header, rows = tables.build_rows("table13", dict(params, mlflow={**params["mlflow"], "enabled": False}))
+    per_batch = "BEN 1% per-batch micro mAP (literature)"
+    assert header.index(per_batch) > header.index("BEN 1% micro mAP (whole eval set)")
+    assert rows[1][per_batch] == "70.5" and rows[1]["BEN 1% micro mAP (whole eval set)"] == "60.5"
+    params["finetune"]["bigearthnet"]["protocol"] = "whole_set"
+    assert per_batch not in tables.build_rows("table13", params)[0]

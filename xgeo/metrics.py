@@ -83,6 +83,23 @@ def multilabel_map(scores: np.ndarray, targets: np.ndarray) -> dict:
     }
 
 
+def per_batch_micro_map(scores: np.ndarray, targets: np.ndarray, batch_size: int) -> float:
+    """The cited papers' BigEarthNet number (GFM and SeCo's evaluation code): micro AP of each evaluation batch of
+    ``batch_size`` consecutive samples, averaged over the batches that hold a positive (percent).
+
+    It differs from :func:`multilabel_map`'s whole-set micro mAP (one ranking of every pair): a batch ranks only its
+    own samples, so the mean of per-batch APs is usually higher and depends on the batch size and order.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets)
+    if batch_size < 1:
+        raise XGeoError(f"per_batch_micro_map: batch_size must be >= 1, found {batch_size}")
+    aps = [average_precision(scores[i:i + batch_size], targets[i:i + batch_size])
+           for i in range(0, len(scores), batch_size)]
+    aps = [a for a in aps if not math.isnan(a)]
+    return 100.0 * float(np.mean(aps)) if aps else float("nan")
+
+
 class MultiLabelMeter:
     """Collects every sample's scores and targets; mAP needs the whole ranking, so nothing is averaged early."""
 

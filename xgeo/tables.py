@@ -451,11 +451,23 @@ def column_headers(col: Column, compared: bool) -> list[str]:
     return out
 
 
+def literature_protocol_columns(columns, params: Mapping) -> list[Column]:
+    """With ``finetune.bigearthnet.protocol: literature``, each BigEarthNet column gets a sibling with the cited
+    papers' per-batch micro AP average (metric ``mAP_micro_per_batch``), so like is compared with like."""
+    out = []
+    for col in columns:
+        out.append(col)
+        if col.task == "bigearthnet" and get_path(params, "finetune.bigearthnet.protocol", None) == "literature":
+            out.append(Column(col.header.replace("micro mAP (whole eval set)", "per-batch micro mAP (literature)"),
+                              col.task, col.fraction, "mAP_micro_per_batch", col.variant))
+    return out
+
+
 def build_rows(name: str, params: Mapping, literature: Mapping | None = None) -> tuple[list[str], list[dict]]:
     """The header and the rows (dicts) of table ``name``: run rows first, then the cited rows."""
     spec = table_spec(name)
     literature = read_literature(Path(params["paths"]["results"]) / "literature.csv") if literature is None else literature
-    columns: list[Column] = list(spec["columns"])
+    columns: list[Column] = literature_protocol_columns(spec["columns"], params)
     reference, compared_rows = spec.get("compare") or (None, ())
     header = ["method", "status", "source"]
     for col in columns:
