@@ -17,8 +17,10 @@ rule figure3:
         run_outputs(xtables.required_cells("figure3", PARAMS)),
     output:
         report(f"{RESULTS}/figures/figure3.png", caption="../report/figure3.rst", category="Figure 3"),
+    log:
+        "logs/tables/figure3.log",
     shell:
-        "{XGEO_PLOTS} figure3 {output}"
+        "{XGEO_PLOTS} figure3 {output} > {log} 2>&1"
 
 
 rule figures:
