@@ -21,6 +21,8 @@ SMALL = [
     "data.datasets.bigearthnet.synth.patches={train: 40, val: 24, test: 4}",
     "data.datasets.vaihingen.synth.size=[128, 128]",  # areas of whole 64 px tiles: no overlapping tiles
     "data.datasets.sen12ms-cr.synth.patches_per_roi=1",
+    "data.datasets.sen12ms-cr.synth.rois={train: 1, val: 1, test: 1}",
+    "data.datasets.vaihingen.synth.areas={train: 3, test: 2}",
     "data.datasets.spacenet2.synth.images_per_aoi=8",
     "data.datasets.spacenet2.synth.pan_size=64",
 ]
