@@ -4,17 +4,25 @@ A table is rows x columns. A *run row* names a pretraining experiment (``experim
 initialisation (``random``, ``xgeo`` = that experiment's checkpoint, or a weight file named in ``finetune.weights``); a
 *column* names a downstream task, a training fraction, a metric of ``metrics.json`` and optionally a finetune
 *variant* (``tables.variants.<name>``: dotted overrides of the finetune settings, e.g. the fusion method of Table 13).
-Each cell is one finetuning run:
+Each cell is the mean ± std over ``tables.replicates`` finetuning runs, one per finetuning seed (``seed``,
+``seed + 1``, ...; :mod:`xgeo.replicates`):
 
-    results/runs/<experiment>/<task>/<init>/f<fraction>[-<variant>]/{metrics.json, predictions.npz, run.json}
+    results/runs/<experiment>/<task>/<init>/f<fraction>[-<variant>]/seed<k>/{metrics.json, predictions.npz, run.json}
+
+The CSV keeps, per column, the mean, ``std``, ``n`` (runs), ``n_train`` / ``n_eval`` (samples) and the paper's value;
+a table with a reference row (``compare`` in its spec: the pairs the paper draws conclusions from) adds the difference
+to the reference, its 95 % interval (Welch's t) and a verdict. A cell is built only from runs whose settings digest
+(:mod:`xgeo.provenance`) matches the current params (else ``stale (...)`` naming the setting), and only when its
+subsets hold ``tables.min_train_samples`` / ``tables.min_eval_samples`` samples (else ``insufficient (n=...)``).
 
 *Cited rows* come from ``results/literature.csv`` (long format: table, method, column, value, note, source), copied
 from the paper's text; they are marked ``cited`` and never mixed with reproduced numbers. Beside every reproduced value
 the table has a ``<column> [paper]`` cell with the paper's value for that row (the literature row named by ``paper``).
 
 Nothing is invented: a cell whose run is absent is empty and the row's ``status``/``note`` say which run is missing
-and why (weights not supplied, stage not run yet). BigEarthNet mAP is the *micro* average (``mAP_micro`` in
-metrics.json, both averages are there); it is said in the column header.
+and why (weights not supplied, stage not run yet). BigEarthNet mAP is the *micro* average over the whole evaluation
+set (``mAP_micro`` in metrics.json, both averages are there); Vaihingen mIoU is over 5 classes without clutter, the
+6-class value beside it; both are said in the column headers.
 
 Pretraining is shared: an experiment whose overrides touch only ``finetune.*`` keys reuses the checkpoint of
 ``tables.base_experiment`` (one pretraining, many finetunes); see :func:`pretraining_of`.
