@@ -27,7 +27,10 @@ _SAMPLES: dict[str, list] = {}
 
 # smaller synthetic scales than the demo's, to keep these tests within their time budget
 TEST_SCALE = ("data.datasets.bigearthnet.synth.patches={train: 12, val: 6, test: 6}",
-              "data.datasets.spacenet2.synth.images_per_aoi=8")
+              "data.datasets.spacenet2.synth.images_per_aoi=8",
+              "data.datasets.sen12ms-cr.synth.patches_per_roi=6",
+              "data.datasets.sen12ms-cr.synth.rois={train: 1, val: 1, test: 1}",
+              "data.datasets.vaihingen.synth.areas={train: 3, test: 2}")
 
 
 def demo_params(*overrides: str) -> dict:

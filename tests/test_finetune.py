@@ -21,6 +21,8 @@ SMALL = [
     "data.datasets.bigearthnet.synth.patches={train: 40, val: 24, test: 4}",
     "data.datasets.vaihingen.synth.size=[128, 128]",  # areas of whole 64 px tiles: no overlapping tiles
     "data.datasets.sen12ms-cr.synth.patches_per_roi=1",
+    "data.datasets.sen12ms-cr.synth.rois={train: 1, val: 1, test: 1}",
+    "data.datasets.vaihingen.synth.areas={train: 3, test: 2}",
     "data.datasets.spacenet2.synth.images_per_aoi=8",
     "data.datasets.spacenet2.synth.pan_size=64",
 ]
@@ -259,3 +261,22 @@ def test_checkpoint_with_other_sensors_or_channel_counts(load, zarr_dir, tmp_pat
     save_checkpoint(narrow, {"model": state, "model_config": model.config})
     with pytest.raises(CheckpointError, match=r"narrow/last\.ckpt.*patch_embeds\.s2\.proj\.weight"):
         ft("bigearthnet", init=str(narrow))
+
+
+def test_a_run_is_bit_identical_on_the_same_machine_and_thread_count(ft):
+    """Same params, seed and thread count: metrics.json and predictions.npz are bit-identical (the README's claim);
+    another finetuning seed gives another run, and run.json's settings digest tells them apart."""
+    a, da = ft("bigearthnet", steps=3, name="a")
+    b, db = ft("bigearthnet", steps=3, name="b")
+    assert (da / "metrics.json").read_bytes() == (db / "metrics.json").read_bytes()
+    npa, npb = np.load(da / "predictions.npz"), np.load(db / "predictions.npz")
+    assert npa.files == npb.files
+    for k in npa.files:
+        np.testing.assert_array_equal(npa[k], npb[k])
+    c, dc = ft("bigearthnet", "seed=1", steps=3, name="c")
+    assert c["mAP_micro"] != a["mAP_micro"]
+    ra, rb, rc = (json.loads((d / "run.json").read_text()) for d in (da, db, dc))
+    assert ra["settings_digest"] == rb["settings_digest"] != rc["settings_digest"]
+    assert ra["settings"]["seed"] == 0 and rc["settings"]["seed"] == 1 and ra["settings"]["steps_override"] == 3
+    assert ra["settings"]["profile"] == "demo" and ra["settings"]["model"]["size"] == "demo"
+    assert ra["train_samples"] == 40 and ra["eval_samples"] == 24

@@ -130,7 +130,11 @@ def test_image_metrics_constant_images_and_exact_match():
     assert out["SSIM"] == pytest.approx((2 * 0.25 * 0.75 + c1) / (0.25**2 + 0.75**2 + c1))
     assert out["PSNR"] == pytest.approx(20 * math.log10(1 / 0.5))
     same = metrics.image_scores(a, a)
-    assert same["SSIM"] == pytest.approx(1.0) and same["PSNR"] == math.inf and same["MAE"] == 0.0
+    # an exact match has no finite PSNR: left out of the mean and counted, never +inf in metrics.json
+    assert same["SSIM"] == pytest.approx(1.0) and math.isnan(same["PSNR"]) and same["MAE"] == 0.0
+    assert same["PSNR_undefined_images"] == 1 and "no defined PSNR" in same["note"]
+    two = metrics.image_scores(np.concatenate([a, a]), np.concatenate([a, b]))
+    assert two["PSNR"] == pytest.approx(20 * math.log10(1 / 0.5)) and two["PSNR_undefined_images"] == 1
     assert same["SAM"] == pytest.approx(0.0, abs=1e-5)
     # an all-zero spectrum has no angle: skipped, not counted as 0 or 90 degrees
     z = np.zeros((1, 2, 16, 16))
@@ -138,3 +142,37 @@ def test_image_metrics_constant_images_and_exact_match():
     t = np.zeros((1, 2, 16, 16))
     t[0, :, 0, 0] = (0.0, 1.0)
     assert metrics.image_scores(z, t)["SAM"] == pytest.approx(90.0)
+
+
+def test_nodata_pixels_are_left_out_of_every_image_metric():
+    rng = np.random.default_rng(3)
+    pred = rng.uniform(size=(2, 3, 24, 24))
+    target = rng.uniform(size=(2, 3, 24, 24))
+    valid = np.ones((2, 24, 24), dtype=bool)
+    valid[0, :, 12:] = False          # the right half of image 0 is nodata
+    valid[1] = False                  # image 1 is all nodata: no PSNR, no SSIM window
+    wild = target.copy()
+    wild[0, :, :, 12:] = 0.0           # whatever the nodata pixels hold does not matter
+    wild[1] = 0.5
+    out = metrics.image_scores(pred, wild, valid=valid)
+    left_p, left_t = pred[0, :, :, :12], target[0, :, :, :12]
+    assert out["MAE"] == pytest.approx(np.abs(left_p - left_t).mean(), rel=1e-12)
+    mse = ((left_p - left_t) ** 2).mean()
+    assert out["PSNR"] == pytest.approx(10 * math.log10(1 / mse), rel=1e-12)
+    assert out["PSNR_undefined_images"] == 1 and out["SSIM_undefined_images"] == 1
+    # SSIM over the windows wholly inside the valid half: the SSIM of the valid 24 x 12 crop
+    assert out["SSIM"] == pytest.approx(_skimage_ssim(left_p, left_t), abs=1e-10)
+    cos = (left_p * left_t).sum(0) / (np.linalg.norm(left_p, axis=0) * np.linalg.norm(left_t, axis=0))
+    assert out["SAM"] == pytest.approx(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean(), rel=1e-9)
+
+
+def test_per_batch_micro_map_is_the_mean_of_each_batch_micro_ap():
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(size=(10, 3))
+    targets = (rng.uniform(size=(10, 3)) > 0.6).astype(np.uint8)
+    targets[8:] = 0  # the last batch of 2 has no positive: no AP, left out of the mean
+    want = np.mean([average_precision_score(targets[i:i + 4].ravel(), scores[i:i + 4].ravel()) for i in (0, 4)])
+    assert metrics.per_batch_micro_map(scores, targets, 4) == pytest.approx(100 * want, rel=1e-12)
+    # one batch holding everything is the whole-set micro mAP
+    assert metrics.per_batch_micro_map(scores, targets, 10) == pytest.approx(
+        metrics.multilabel_map(scores, targets)["mAP_micro"], rel=1e-12)

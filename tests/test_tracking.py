@@ -113,3 +113,27 @@ def test_parallel_processes_lose_nothing(tmp_path):
             assert sorted((m.step, m.value) for m in history) == [(s, w * 1000 + r * 100 + s) for s in range(steps)]
             assert tracking.get_run(params, run_id).info.status == "FINISHED"
     assert Path(str(db) + ".lock").exists()
+
+
+def test_experiments_open_on_runs_names_carry_the_experiment_and_stores_are_dataset_inputs(tmp_path, load):
+    params = load(experiment="xgeo")
+    with tracking.start_run(params, experiment="finetune", run_name="bigearthnet/random/f0.1/seed0") as run:
+        run.log_input("bigearthnet:train", "0123456789abcdef", "train", 2000, tmp_path / "bigearthnet.zarr")
+        run.log_input("bigearthnet:val", "0123456789abcdef", "val", 200, tmp_path / "bigearthnet.zarr")
+    got = tracking.get_run(params, run.run_id)
+    assert got.info.run_name == "xgeo/bigearthnet/random/f0.1/seed0"
+    inputs = {d.dataset.name: d for d in got.inputs.dataset_inputs}
+    assert set(inputs) == {"bigearthnet:train", "bigearthnet:val"}
+    train = inputs["bigearthnet:train"]
+    assert train.dataset.digest == "0123456789abcdef" and '"num_rows": 2000' in train.dataset.profile
+    assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "train"
+    client = tracking._client(tracking.resolve_store(params))
+    exp = client.get_experiment_by_name("finetune")
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # an experiment of an older store, made without the tag, gets it on its next run
+    client.delete_experiment_tag(exp.experiment_id, tracking.EXPERIMENT_KIND_TAG)
+    assert tracking.EXPERIMENT_KIND_TAG not in client.get_experiment_by_name("finetune").tags
+    with tracking.start_run(params, experiment="finetune", run_name="xgeo/again") as again:
+        pass
+    assert client.get_experiment_by_name("finetune").tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert tracking.get_run(params, again.run_id).info.run_name == "xgeo/again"  # not prefixed twice

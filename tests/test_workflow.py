@@ -56,13 +56,18 @@ def test_table3_dag(root, workdir):
     assert res.returncode == 0, res.stderr
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     n_data = len(set(params["data"]["pretrain"]) | set(params["data"]["downstream"]))
+    reps = params["tables"]["replicates"]
+    assert reps >= 2
     assert job_counts(res.stdout) == {
         "raw": n_data, "convert": n_data, "pretrain": 1, "table": 1,
-        # XGeo and Random (IN-22k weights absent): BEN 10 % and 100 %, and one run of each other task
-        "finetune_bigearthnet": 4, "finetune_sen12ms_cr": 2, "finetune_spacenet2": 2, "finetune_vaihingen": 2,
+        # XGeo and Random (IN-22k weights absent): BEN 10 % and 100 %, and one run of each other task, each
+        # cell tables.replicates times (finetuning seeds seed, seed + 1, ...)
+        "finetune_bigearthnet": 4 * reps, "finetune_sen12ms_cr": 2 * reps, "finetune_spacenet2": 2 * reps,
+        "finetune_vaihingen": 2 * reps,
     }
-    assert "results/runs/xgeo/bigearthnet/xgeo/f0.1/metrics.json" in res.stdout
-    assert "results/runs/xgeo/bigearthnet/random/f1/metrics.json" in res.stdout
+    assert "results/runs/xgeo/bigearthnet/xgeo/f0.1/seed0/metrics.json" in res.stdout
+    assert f"results/runs/xgeo/bigearthnet/random/f1/seed{reps - 1}/metrics.json" in res.stdout
+    assert "--set seed=1" in snakemake(root, workdir, "-n", "-p", "results/table3.csv").stdout
     assert "checkpoints/xgeo/last.ckpt" in res.stdout
 
 
@@ -74,7 +79,7 @@ def test_ablation_tables_share_pretrainings(root, workdir):
     assert counts["pretrain"] == 6
     pretrained = set(re.findall(r"checkpoints/([\w-]+)/last\.ckpt", res.stdout))
     assert pretrained == {"xgeo", "homogeneous", "dense-nocross", "moe-nocross", "dense-cross50", "moe-cross100"}
-    assert "results/runs/xgeo/bigearthnet/xgeo/f0.01-fusion_separate/metrics.json" in res.stdout
+    assert "results/runs/xgeo/bigearthnet/xgeo/f0.01-fusion_separate/seed0/metrics.json" in res.stdout
 
 
 def test_profile_paper_and_config_overrides(root, workdir):

@@ -20,7 +20,9 @@ One home for every number the paper's Tables 3-7 and 13-14 report:
   ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
   data_range=1, channel_axis=0)``;
   PSNR = mean over images of 10 log10(data_range^2 / MSE_image), MSE over all bands and pixels of the image
-  (= ``skimage.metrics.peak_signal_noise_ratio(y, x, data_range=1)`` per image); an exact match gives +inf.
+  (= ``skimage.metrics.peak_signal_noise_ratio(y, x, data_range=1)`` per image); an exact match (+inf) or an image
+  without valid pixel has no PSNR: it is left out of the mean and counted (``PSNR_undefined_images``).
+- nodata: ``ImageMeter.update(..., valid=mask)`` leaves the target's nodata pixels out of MAE, SAM, SSIM and PSNR.
 """
 from __future__ import annotations
 
@@ -79,6 +81,23 @@ def multilabel_map(scores: np.ndarray, targets: np.ndarray) -> dict:
         "AP_per_class": [100.0 * ap for ap in per_class],
         "classes_without_positives": [k for k, ap in enumerate(per_class) if math.isnan(ap)],
     }
+
+
+def per_batch_micro_map(scores: np.ndarray, targets: np.ndarray, batch_size: int) -> float:
+    """The cited papers' BigEarthNet number (GFM and SeCo's evaluation code): micro AP of each evaluation batch of
+    ``batch_size`` consecutive samples, averaged over the batches that hold a positive (percent).
+
+    It differs from :func:`multilabel_map`'s whole-set micro mAP (one ranking of every pair): a batch ranks only its
+    own samples, so the mean of per-batch APs is usually higher and depends on the batch size and order.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets)
+    if batch_size < 1:
+        raise XGeoError(f"per_batch_micro_map: batch_size must be >= 1, found {batch_size}")
+    aps = [average_precision(scores[i:i + batch_size], targets[i:i + batch_size])
+           for i in range(0, len(scores), batch_size)]
+    aps = [a for a in aps if not math.isnan(a)]
+    return 100.0 * float(np.mean(aps)) if aps else float("nan")
 
 
 class MultiLabelMeter:
@@ -202,6 +221,21 @@ def _gaussian_kernel(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE)
 
 def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """pred, target: (B, C, H, W) -> (B,) SSIM averaged over bands and valid window positions (see module doc)."""
+    return ssim_map(pred, target, data_range).mean(dim=(1, 2, 3))
+
+
+def window_valid(valid: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool pixel mask -> (B, H', W') bool: the SSIM window positions whose every pixel is valid."""
+    g = _gaussian_kernel()
+    k = g.numel()
+    v = (~valid).double()[:, None]
+    # any invalid pixel inside the k x k window (box sum > 0)
+    bad = F.conv2d(F.conv2d(v, torch.ones(1, 1, k, 1, dtype=v.dtype)), torch.ones(1, 1, 1, k, dtype=v.dtype))
+    return bad[:, 0] == 0
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """pred, target: (B, C, H, W) -> (B, C, H - 10, W - 10) SSIM at every window position inside the image."""
     x = pred.double()
     y = target.double()
     b, c, h, w = x.shape
@@ -222,8 +256,7 @@ def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float =
     cxy = blur(x * y) - mx * my
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3))
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
 def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -246,7 +279,11 @@ def sam_per_pixel(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
 class ImageMeter:
     """Running sums for MAE, SAM, SSIM and PSNR over the whole evaluation set, plus per-band MAE and PSNR.
 
-    Inputs must already be on the [0, 1] scale the metrics are defined on (``data_range`` = 1).
+    Inputs must already be on the [0, 1] scale the metrics are defined on (``data_range`` = 1). ``valid`` (B, H, W)
+    marks the pixels that count (nodata pixels of the target excluded): MAE and SAM over valid pixels, SSIM over
+    the window positions whose every pixel is valid, PSNR from the MSE over an image's valid pixels. An image whose
+    PSNR is undefined (no valid pixel, or an exact match: +inf) is left out of the PSNR mean and counted in
+    ``PSNR_undefined_images``; likewise an image without a fully valid SSIM window in ``SSIM_undefined_images``.
     """
 
     def __init__(self, data_range: float = 1.0) -> None:
@@ -255,54 +292,90 @@ class ImageMeter:
         self.abs_count = 0
         self.band_abs_sum: torch.Tensor | None = None
         self.band_psnr_sum: torch.Tensor | None = None
+        self.band_psnr_count: torch.Tensor | None = None
         self.band_count = 0
         self.sam_sum = 0.0
         self.sam_count = 0
         self.ssim_sum = 0.0
+        self.ssim_images = 0
         self.psnr_sum = 0.0
+        self.psnr_images = 0
         self.images = 0
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """pred, target: (B, C, H, W) on [0, 1]."""
+    def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """pred, target: (B, C, H, W) on [0, 1]; valid: (B, H, W) bool, None when every pixel counts."""
         if pred.shape != target.shape or pred.ndim != 4:
             raise XGeoError(f"ImageMeter: expected pred and target of one shape (B, C, H, W), found "
                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
         pred = pred.detach().double().cpu()
         target = target.detach().double().cpu()
+        b, c, h, w = pred.shape
+        valid = torch.ones(b, h, w, dtype=torch.bool) if valid is None else valid.detach().cpu().bool()
+        if valid.shape != (b, h, w):
+            raise XGeoError(f"ImageMeter: expected a valid mask of shape {(b, h, w)}, found {tuple(valid.shape)}")
+        m = valid[:, None].double()  # (B, 1, H, W)
         err = pred - target
-        self.abs_sum += float(err.abs().sum())
-        self.abs_count += err.numel()
-        band_abs = err.abs().sum(dim=(0, 2, 3))
-        band_mse = err.pow(2).flatten(2).mean(2)  # (B, C) per image and band
+        self.abs_sum += float((err.abs() * m).sum())
+        self.abs_count += int(valid.sum()) * c
+        band_abs = (err.abs() * m).sum(dim=(0, 2, 3))
         self.band_abs_sum = band_abs if self.band_abs_sum is None else self.band_abs_sum + band_abs
-        per_band_psnr = 10.0 * torch.log10(self.data_range**2 / band_mse).sum(0)
-        self.band_psnr_sum = per_band_psnr if self.band_psnr_sum is None else self.band_psnr_sum + per_band_psnr
-        self.band_count += err.shape[0] * err.shape[2] * err.shape[3]
+        self.band_count += int(valid.sum())
+        pixels = valid.flatten(1).sum(1).double()  # (B,)
+        band_mse = (err.pow(2) * m).flatten(2).sum(2) / pixels[:, None]  # (B, C); NaN for an image without pixels
+        band_psnr = 10.0 * torch.log10(self.data_range**2 / band_mse)
+        finite = torch.isfinite(band_psnr)
+        band_sum = torch.where(finite, band_psnr, torch.zeros_like(band_psnr)).sum(0)
+        self.band_psnr_sum = band_sum if self.band_psnr_sum is None else self.band_psnr_sum + band_sum
+        self.band_psnr_count = finite.sum(0) if self.band_psnr_count is None else self.band_psnr_count + finite.sum(0)
         angles, defined = sam_per_pixel(pred, target)
+        defined = defined & valid
         self.sam_sum += float(angles[defined].sum())
         self.sam_count += int(defined.sum())
-        self.ssim_sum += float(ssim_per_image(pred, target, self.data_range).sum())
-        self.psnr_sum += float(psnr_per_image(pred, target, self.data_range).sum())
-        self.images += pred.shape[0]
+        smap = ssim_map(pred, target, self.data_range)  # (B, C, H', W')
+        wv = window_valid(valid)[:, None].double()
+        windows = wv.flatten(1).sum(1)
+        has = windows > 0
+        ssim = (smap * wv).flatten(1).sum(1) / (windows * c).clamp(min=1)
+        self.ssim_sum += float(ssim[has].sum())
+        self.ssim_images += int(has.sum())
+        mse = (err.pow(2) * m).flatten(1).sum(1) / (pixels * c)
+        psnr = 10.0 * torch.log10(self.data_range**2 / mse)
+        ok = torch.isfinite(psnr)
+        self.psnr_sum += float(psnr[ok].sum())
+        self.psnr_images += int(ok.sum())
+        self.images += b
 
     def compute(self) -> dict:
         if self.images == 0:
             raise XGeoError("ImageMeter: the evaluation set is empty")
-        return {
-            "MAE": self.abs_sum / self.abs_count,
+        out = {
+            "MAE": self.abs_sum / self.abs_count if self.abs_count else float("nan"),
             "SAM": self.sam_sum / self.sam_count if self.sam_count else float("nan"),
-            "SSIM": self.ssim_sum / self.images,
-            "PSNR": self.psnr_sum / self.images,
-            "MAE_per_band": (self.band_abs_sum / self.band_count).tolist(),
-            "PSNR_per_band": (self.band_psnr_sum / self.images).tolist(),
+            "SSIM": self.ssim_sum / self.ssim_images if self.ssim_images else float("nan"),
+            "PSNR": self.psnr_sum / self.psnr_images if self.psnr_images else float("nan"),
+            "MAE_per_band": (self.band_abs_sum / max(1, self.band_count)).tolist(),
+            "PSNR_per_band": (self.band_psnr_sum / self.band_psnr_count.clamp(min=1)).tolist(),
+            "PSNR_undefined_images": self.images - self.psnr_images,
+            "SSIM_undefined_images": self.images - self.ssim_images,
         }
+        notes = []
+        if out["PSNR_undefined_images"]:
+            notes.append(f"{out['PSNR_undefined_images']} of {self.images} images have no defined PSNR (no valid "
+                         f"pixel, or an exact match) and are left out of the PSNR mean")
+        if out["SSIM_undefined_images"]:
+            notes.append(f"{out['SSIM_undefined_images']} of {self.images} images have no fully valid SSIM window "
+                         f"and are left out of the SSIM mean")
+        out["note"] = "; ".join(notes)
+        return out
 
 
-def image_scores(pred: np.ndarray, target: np.ndarray, data_range: float = 1.0, batch: int = 16) -> dict:
-    """MAE, SAM, SSIM, PSNR of (N, C, H, W) arrays on [0, 1]."""
+def image_scores(pred: np.ndarray, target: np.ndarray, data_range: float = 1.0, batch: int = 16,
+                 valid: np.ndarray | None = None) -> dict:
+    """MAE, SAM, SSIM, PSNR of (N, C, H, W) arrays on [0, 1]; ``valid`` (N, H, W) bool: the pixels that count."""
     meter = ImageMeter(data_range)
     for i in range(0, len(pred), batch):
-        meter.update(torch.from_numpy(np.asarray(pred[i:i + batch])), torch.from_numpy(np.asarray(target[i:i + batch])))
+        meter.update(torch.from_numpy(np.asarray(pred[i:i + batch])), torch.from_numpy(np.asarray(target[i:i + batch])),
+                     None if valid is None else torch.from_numpy(np.asarray(valid[i:i + batch])))
     return meter.compute()
 
 

@@ -96,41 +96,67 @@ def gather(figures_dir: str | Path, out: str | Path) -> Path:
 
 
 def figure3_grid(params: Mapping) -> dict[str, dict]:
-    """Per panel (10% BEN mAP, 1% SEN12MS-CR SAM): ``{"values": (rows, cols) with NaN where missing, labels...}``."""
-    from .tables import FIGURE3, Cell, metric_value, missing_inputs, read_run
+    """Per panel (10% BEN mAP, 1% SEN12MS-CR SAM): ``{"values": (rows, cols) means, NaN where there is no number,
+    "std", "n" (runs per cell), "text" (the cell's table text: missing / stale / insufficient), "verdicts"}``.
+
+    ``verdicts[i][j]``: each single-sensor pretraining row against the multi-sensor row (XGeo) of the same column,
+    Welch's 95 % interval of the difference (:mod:`xgeo.replicates`).
+    """
+    from .replicates import compare
+    from .tables import FIGURE3, Cell, cell_result
 
     panels = {}
     for col in FIGURE3["panels"]:
-        grid = np.full((len(FIGURE3["rows"]), len(FIGURE3["columns"])), np.nan)
+        shape = (len(FIGURE3["rows"]), len(FIGURE3["columns"]))
+        grid, std, n = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, dtype=int)
+        text = [["" for _ in FIGURE3["columns"]] for _ in FIGURE3["rows"]]
+        summaries = {}
         for i, (_, exp) in enumerate(FIGURE3["rows"]):
             for j, (_, mod) in enumerate(FIGURE3["columns"]):
                 variant = mod and f"{col.task.replace('-', '_')}_{mod}"
-                c = Cell(exp, col.task, "xgeo", col.fraction, variant)
-                result = None if missing_inputs(params, c) else read_run(params, c)
-                if result is not None:
-                    grid[i, j] = metric_value(result["metrics"], col.metric, c.run_dir(params))
-        panels[col.header] = {"values": grid, "rows": [r for r, _ in FIGURE3["rows"]],
-                              "columns": [c for c, _ in FIGURE3["columns"]]}
+                res = cell_result(params, Cell(exp, col.task, "xgeo", col.fraction, variant), col.metric, col.header)
+                text[i][j] = res.text or "missing"
+                if res.summary is not None:
+                    summaries[i, j] = res.summary
+                    grid[i, j] = res.summary.mean
+                    std[i, j] = np.nan if res.summary.std is None else res.summary.std
+                    n[i, j] = res.summary.n
+        multi = len(FIGURE3["rows"]) - 1  # the last row is the multi-sensor pretraining
+        verdicts = [["" for _ in FIGURE3["columns"]] for _ in FIGURE3["rows"]]
+        for (i, j), s in summaries.items():
+            if i != multi and (multi, j) in summaries:
+                verdicts[i][j] = compare(s, summaries[multi, j], col.metric).verdict
+        panels[col.header] = {"values": grid, "std": std, "n": n, "text": text, "verdicts": verdicts,
+                              "rows": [r for r, _ in FIGURE3["rows"]], "columns": [c for c, _ in FIGURE3["columns"]]}
     return panels
 
 
+def _cell_label(p: dict, i: int, j: int) -> str:
+    x, s = p["values"][i, j], p["std"][i, j]
+    if np.isnan(x):
+        return p["text"][i][j][:28]
+    label = f"{x:.3g}" + ("" if np.isnan(s) else f" ± {s:.2g}") + f"\nn={p['n'][i, j]}"
+    return label + (f"\nvs XGeo: {p['verdicts'][i][j]}" if p["verdicts"][i][j] else "")
+
+
 def figure3(params: Mapping, out: str | Path) -> Path:
-    """Figure 3: pretraining modality (rows) x downstream modality (columns); empty cells say 'missing'."""
+    """Figure 3: pretraining modality (rows) x downstream modality (columns), mean ± std over the replicates;
+    empty cells say why (missing, stale, insufficient)."""
     panels = figure3_grid(params)
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for ax, (title, p) in zip(np.atleast_1d(axes), panels.items()):
         v = p["values"]
         cmap = "viridis_r" if "SAM" in title else "viridis"  # brighter is better in both panels
         ax.imshow(np.ma.masked_invalid(v), cmap=cmap)
         for (i, j), x in np.ndenumerate(v):
-            ax.text(j, i, "missing" if np.isnan(x) else f"{x:.3g}", ha="center", va="center", fontsize=9,
+            ax.text(j, i, _cell_label(p, i, j), ha="center", va="center", fontsize=7,
                     color="gray" if np.isnan(x) else "white")
         ax.set_xticks(range(len(p["columns"])), p["columns"], fontsize=8)
         ax.set_yticks(range(len(p["rows"])), p["rows"], fontsize=8)
         ax.set_xlabel("downstream modality")
         ax.set_ylabel("pretraining data")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title} (mean ± std over n runs)", fontsize=9)
     return _save(fig, out)
 
 

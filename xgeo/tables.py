@@ -4,17 +4,25 @@ A table is rows x columns. A *run row* names a pretraining experiment (``experim
 initialisation (``random``, ``xgeo`` = that experiment's checkpoint, or a weight file named in ``finetune.weights``); a
 *column* names a downstream task, a training fraction, a metric of ``metrics.json`` and optionally a finetune
 *variant* (``tables.variants.<name>``: dotted overrides of the finetune settings, e.g. the fusion method of Table 13).
-Each cell is one finetuning run:
+Each cell is the mean ± std over ``tables.replicates`` finetuning runs, one per finetuning seed (``seed``,
+``seed + 1``, ...; :mod:`xgeo.replicates`):
 
-    results/runs/<experiment>/<task>/<init>/f<fraction>[-<variant>]/{metrics.json, predictions.npz, run.json}
+    results/runs/<experiment>/<task>/<init>/f<fraction>[-<variant>]/seed<k>/{metrics.json, predictions.npz, run.json}
+
+The CSV keeps, per column, the mean, ``std``, ``n`` (runs), ``n_train`` / ``n_eval`` (samples) and the paper's value;
+a table with a reference row (``compare`` in its spec: the pairs the paper draws conclusions from) adds the difference
+to the reference, its 95 % interval (Welch's t) and a verdict. A cell is built only from runs whose settings digest
+(:mod:`xgeo.provenance`) matches the current params (else ``stale (...)`` naming the setting), and only when its
+subsets hold ``tables.min_train_samples`` / ``tables.min_eval_samples`` samples (else ``insufficient (n=...)``).
 
 *Cited rows* come from ``results/literature.csv`` (long format: table, method, column, value, note, source), copied
 from the paper's text; they are marked ``cited`` and never mixed with reproduced numbers. Beside every reproduced value
 the table has a ``<column> [paper]`` cell with the paper's value for that row (the literature row named by ``paper``).
 
 Nothing is invented: a cell whose run is absent is empty and the row's ``status``/``note`` say which run is missing
-and why (weights not supplied, stage not run yet). BigEarthNet mAP is the *micro* average (``mAP_micro`` in
-metrics.json, both averages are there); it is said in the column header.
+and why (weights not supplied, stage not run yet). BigEarthNet mAP is the *micro* average over the whole evaluation
+set (``mAP_micro`` in metrics.json, both averages are there); Vaihingen mIoU is over 5 classes without clutter, the
+6-class value beside it; both are said in the column headers.
 
 Pretraining is shared: an experiment whose overrides touch only ``finetune.*`` keys reuses the checkpoint of
 ``tables.base_experiment`` (one pretraining, many finetunes); see :func:`pretraining_of`.
@@ -23,15 +31,17 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import json
-from dataclasses import dataclass, replace
+import math
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from .config import get_path
 from .errors import XGeoError
 from .io import write_text
+from .replicates import METHOD, Summary, compare, summarize
 
 LITERATURE = Path("results/literature.csv")
 
@@ -56,6 +66,8 @@ class Row:
     init: str                   # random | xgeo | a name in params finetune.weights
     paper: str | None = None    # method name of the paper's own value in literature.csv
     variant: str | None = None  # finetune variant applied to every cell of the row (Table 13)
+    # (column header, experiment, init): a column whose runs are another row's (Table 14 copies Table 5's 1 %)
+    sources: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -72,31 +84,47 @@ class Cell:
         return f"f{self.fraction:g}" + (f"-{self.variant}" if self.variant else "")
 
     def run_dir(self, params: Mapping) -> Path:
+        """The cell's directory; each replicate is its subdirectory ``seed<k>`` (:meth:`replicate_dirs`)."""
         return Path(params["paths"]["runs"]) / self.experiment / self.task / self.init / self.setting
+
+    def replicate_dirs(self, params: Mapping) -> list[tuple[int, Path]]:
+        """``[(seed, run directory)]`` of the cell's ``tables.replicates`` finetuning runs."""
+        return [(k, self.run_dir(params) / f"seed{k}") for k in seeds(params)]
+
+
+def seeds(params: Mapping) -> list[int]:
+    """Finetuning seeds of the replicates of every cell: ``seed``, ``seed + 1``, ... (``tables.replicates`` of them)."""
+    n = int(get_path(params, "tables.replicates", 1) or 1)
+    if n < 1:
+        raise TableError(f"params tables.replicates: expected an integer >= 1, found {n}")
+    base = int(params.get("seed", 0))
+    return [base + i for i in range(n)]
 
 
 def _c(header, task, fraction, metric, variant=None):
     return Column(header, task, fraction, metric, variant)
 
 
-BEN1 = _c("BEN 1% mAP_micro", "bigearthnet", 0.01, "mAP_micro")
-BEN10 = _c("BEN 10% mAP_micro", "bigearthnet", 0.1, "mAP_micro")
-BEN100 = _c("BEN 100% mAP_micro", "bigearthnet", 1.0, "mAP_micro")
-BEN5PC = _c("BEN 5 per class mAP_micro", "bigearthnet", 1.0, "mAP_micro", "per_class5")
+BEN1 = _c("BEN 1% micro mAP (whole eval set)", "bigearthnet", 0.01, "mAP_micro")
+BEN10 = _c("BEN 10% micro mAP (whole eval set)", "bigearthnet", 0.1, "mAP_micro")
+BEN100 = _c("BEN 100% micro mAP (whole eval set)", "bigearthnet", 1.0, "mAP_micro")
+BEN5PC = _c("BEN 5 per class micro mAP (whole eval set)", "bigearthnet", 1.0, "mAP_micro", "per_class5")
 CR = [_c("SEN12MS-CR MAE", "sen12ms-cr", 1.0, "MAE"), _c("SEN12MS-CR SAM", "sen12ms-cr", 1.0, "SAM"),
       _c("SEN12MS-CR SSIM", "sen12ms-cr", 1.0, "SSIM")]
 CR1_SAM = _c("SEN12MS-CR 1% SAM", "sen12ms-cr", 0.01, "SAM")
 SN = [_c("SpaceNet PSNR", "spacenet2", 1.0, "PSNR"), _c("SpaceNet SSIM", "spacenet2", 1.0, "SSIM")]
-VH = _c("Vaihingen mIoU", "vaihingen", 1.0, "mIoU")
+VH = _c("Vaihingen mIoU (5 classes without clutter)", "vaihingen", 1.0, "mIoU")   # ISPRS: clutter left out of the mean
+VH6 = _c("Vaihingen mIoU (6 classes)", "vaihingen", 1.0, "mIoU_all")           # the same runs, clutter counted
 
-ABLATION_COLUMNS = (BEN1, BEN10, *CR, *SN, VH)
+ABLATION_COLUMNS = (BEN1, BEN10, *CR, *SN, VH, VH6)
 
 TABLES: dict[str, dict] = {
     "table3": {
         "title": "Table 3: all downstream tasks, XGeo against other pretrained models",
-        "columns": (BEN10, BEN100, *CR, *SN, VH),
+        "columns": (BEN10, BEN100, *CR, *SN, VH, VH6),
         "rows": (Row("XGeo", "xgeo", "xgeo", "XGeo"), Row("Random", "xgeo", "random", "Random"),
                  Row("IN-22k", "xgeo", "in22k", "IN-22k")),
+        "compare": ("Random", ("XGeo",)),
     },
     "table4": {
         "title": "Table 4: cloud removal against models designed for it",
@@ -110,12 +138,14 @@ TABLES: dict[str, dict] = {
                  Row("Distilled from CLIP", "distill-clip", "xgeo", "Distilled from CLIP"),
                  Row("Reconstruct CLIP (EVA)", "eva-clip", "xgeo", "Reconstruct CLIP (EVA)"),
                  Row("From scratch", "xgeo", "xgeo", "From scratch")),
+        "compare": ("From scratch", ("Distilled from ImageNet22K", "Distilled from CLIP", "Reconstruct CLIP (EVA)")),
     },
     "table6": {
         "title": "Table 6: dataset homogeneous versus batch heterogeneous pretraining",
         "columns": ABLATION_COLUMNS,
         "rows": (Row("Dataset homogenous", "homogeneous", "xgeo", "Dataset homogenous"),
                  Row("Batch Heterogeneous", "xgeo", "xgeo", "Batch Heterogeneous")),
+        "compare": ("Dataset homogenous", ("Batch Heterogeneous",)),
     },
     "table7": {
         "title": "Table 7: MoE x cross-sensor reconstruction x cross-sensor percentage",
@@ -125,6 +155,8 @@ TABLES: dict[str, dict] = {
                  Row("MoE no, cross yes, 50%", "dense-cross50", "xgeo", "MoE no, cross yes, 50%"),
                  Row("MoE yes, cross yes, 100%", "moe-cross100", "xgeo", "MoE yes, cross yes, 100%"),
                  Row("MoE yes, cross yes, 50%", "xgeo", "xgeo", "MoE yes, cross yes, 50%")),
+        "compare": ("MoE yes, cross yes, 50%", ("MoE no, cross no, 0%", "MoE yes, cross no, 0%",
+                                                "MoE no, cross yes, 50%", "MoE yes, cross yes, 100%")),
     },
     "table10": {
         "title": "Table 10: pretraining with a single modality or without RGB",
@@ -132,18 +164,26 @@ TABLES: dict[str, dict] = {
         "rows": (Row("SAR", "s1-only", "xgeo", "SAR"), Row("Sentinel-2", "s2-only", "xgeo", "Sentinel-2"),
                  Row("RGB", "rgb-only", "xgeo", "RGB"), Row("w/o RGB", "no-rgb", "xgeo", "w/o RGB"),
                  Row("XGeoSet", "xgeo", "xgeo", "XGeoSet")),
+        "compare": ("XGeoSet", ("SAR", "Sentinel-2", "RGB", "w/o RGB")),
     },
     "table13": {
         "title": "Table 13: BigEarthNet 1% with the two downstream transfer methods of Figure 6",
         "columns": (BEN1,),
         "rows": (Row("1 (separate encoders, concatenated features)", "xgeo", "xgeo", "1", variant="fusion_separate"),
                  Row("2 (channels stacked, one encoder)", "xgeo", "xgeo", "2")),
+        "compare": ("2 (channels stacked, one encoder)", ("1 (separate encoders, concatenated features)",)),
     },
     "table14": {
         "title": "Table 14: BigEarthNet 1% and 5 examples per class",
         "columns": (BEN1, BEN5PC),
-        "rows": (Row("Random", "xgeo", "random", "Random"), Row("ImageNet", "xgeo", "in22k", "ImageNet"),
+        # the paper's 1 % column duplicates Tables 5-7 ("ImageNet" 79.4 = Table 5's "Distilled from ImageNet22K",
+        # "XGeo" 80.9 = its "From scratch"): the 1 % cells read those runs
+        "rows": (Row("Random", "xgeo", "random", "Random"),
+                 Row("ImageNet", "xgeo", "in22k", "ImageNet", sources=((BEN1.header, "distill-in22k", "xgeo"),)),
                  Row("XGeo", "xgeo", "xgeo", "XGeo")),
+        "compare": ("Random", ("XGeo",)),
+        "note": ("1% column: the runs of Table 5 (the paper duplicates it from Tables 5-7): ImageNet = "
+                 "'Distilled from ImageNet22K', XGeo = 'From scratch'"),
     },
 }
 
@@ -200,7 +240,8 @@ def table_spec(name: str) -> dict:
 
 
 def cell(row: Row, column: Column) -> Cell:
-    return Cell(row.experiment, column.task, row.init, column.fraction, row.variant or column.variant)
+    experiment, init = next(((e, i) for h, e, i in row.sources if h == column.header), (row.experiment, row.init))
+    return Cell(experiment, column.task, init, column.fraction, row.variant or column.variant)
 
 
 ABLATION_TABLES = ("table5", "table6", "table7", "table10", "table13", "table14")
@@ -312,9 +353,14 @@ def read_literature(path: str | Path = LITERATURE) -> dict[tuple[str, str], dict
 
 
 # ---------------------------------------------------------------------------------------------------- run results
-def read_run(params: Mapping, c: Cell) -> dict | None:
-    """``{"metrics", "run"}`` of a finished run directory, or None when it has no metrics.json yet."""
-    d = c.run_dir(params)
+def read_run(params: Mapping, c: Cell, seed: int | None = None) -> dict | None:
+    """``{"metrics", "run"}`` of one finished replicate (``seed``; default the first), or None when it has no
+    metrics.json yet."""
+    seed = seeds(params)[0] if seed is None else seed
+    return _read_dir(c.run_dir(params) / f"seed{seed}")
+
+
+def _read_dir(d: Path) -> dict | None:
     metrics_path, run_path = d / "metrics.json", d / "run.json"
     if not metrics_path.exists():
         return None
@@ -327,27 +373,171 @@ def read_run(params: Mapping, c: Cell) -> dict | None:
 
 
 def metric_value(metrics: Mapping, metric: str, where: Path) -> float:
+    """A metric of a run's metrics.json; a missing, null or non-finite value stops the table naming the run."""
     if metric not in metrics:
         raise TableError(f"{where}/metrics.json: no metric {metric!r} (found: {sorted(metrics)})")
+    value = metrics[metric]
     # metrics.json holds mAP, mIoU and OA in percent, as the paper prints them (xgeo.metrics)
-    return float(metrics[metric])
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TableError(f"{where}/metrics.json: metric {metric!r} is {value!r}, not a finite number; the run's "
+                         f"evaluation failed (see its log and metrics.json notes), rerun it or remove it")
+    return float(value)
+
+
+def cell_params(params: Mapping, c: Cell, seed: int) -> dict:
+    """The params a replicate of ``c`` runs with: the experiment's overrides, the variant's, the seed."""
+    from .config import apply_overrides
+
+    p = apply_overrides(dict(params), experiment_overrides(params, c.experiment), source=f"experiments.{c.experiment}")
+    p["experiment"] = c.experiment
+    p = apply_overrides(p, variant_overrides(params, c.variant), source=f"tables.variants.{c.variant}")
+    p["seed"] = int(seed)
+    return p
+
+
+def init_file(params: Mapping, c: Cell) -> Path | None:
+    """The weight file a run of ``c`` starts from: the pretraining checkpoint, a named weight file, or None."""
+    if c.init == "random":
+        return None
+    if c.init == "xgeo":
+        return Path(params["paths"]["checkpoints"]) / pretraining_of(params, c.experiment) / "last.ckpt"
+    return init_weights(params, c.init)
+
+
+def stale_reasons(params: Mapping, c: Cell, seed: int, run: Mapping) -> list[str]:
+    """Why a replicate's run.json does not match the current params (empty when its settings digest matches)."""
+    from .provenance import differences, digest, finetune_settings
+
+    recorded = run.get("settings_digest")
+    if not recorded:
+        return ["run.json records no settings digest (a run made before provenance was recorded, or by hand)"]
+    expected = finetune_settings(cell_params(params, c, seed), c.task, init_file(params, c), c.fraction, None)
+    if recorded == digest(expected):
+        return []
+    return differences(run.get("settings") or {}, expected) or [f"settings digest {recorded} != {digest(expected)}"]
+
+
+@dataclass
+class CellResult:
+    """One table cell: ``text`` is what the CSV shows (the mean, or why there is no number)."""
+
+    text: str
+    summary: Summary | None = None
+    n_train: int | None = None
+    n_eval: int | None = None
+    run_ids: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def _count(run: Mapping, metrics: Mapping, key: str) -> int | None:
+    value = run.get(key, metrics.get(key))
+    if value is None and key == "train_samples":
+        value = (run.get("subset") or {}).get("train_samples")
+    return None if value is None else int(value)
+
+
+def cell_result(params: Mapping, c: Cell, metric: str, header: str) -> CellResult:
+    """Read the replicates of ``c`` and make its cell: mean ± std over n, or missing / stale / insufficient."""
+    reason = missing_inputs(params, c)
+    if reason:
+        return CellResult("", notes=[f"{header}: missing, {reason}"])
+    values, run_ids, stale, absent, n_train, n_eval, notes = [], [], [], [], [], [], []
+    for seed, d in c.replicate_dirs(params):
+        result = _read_dir(d)
+        if result is None:
+            absent.append(seed)
+            continue
+        value = metric_value(result["metrics"], metric, d)
+        why = stale_reasons(params, c, seed, result["run"])
+        if why:
+            stale.append(f"{d}: " + "; ".join(why))
+            continue
+        values.append(value)
+        if result["metrics"].get("metrics_note"):
+            notes.append(f"{header} seed {seed}: {result['metrics']['metrics_note']}")
+        n_train.append(_count(result["run"], result["metrics"], "train_samples"))
+        n_eval.append(_count(result["run"], result["metrics"], "eval_samples"))
+        run_id = result["run"].get("mlflow_run_id")
+        if run_id:
+            run_ids.append(f"{c.task}@{c.setting}/seed{seed}:{run_id}")
+        elif (params.get("mlflow") or {}).get("enabled"):
+            notes.append(f"{header}: run {d} has no mlflow_run_id in run.json")
+    if stale:
+        return CellResult(f"stale ({stale[0].split(': ', 1)[1]})",
+                          notes=[f"{header}: stale, not built from runs whose settings differ from the params: "
+                                 + " | ".join(stale)])
+    if not values:
+        return CellResult("", notes=[f"{header}: missing, runs {c.run_dir(params)}/seed{{{','.join(map(str, absent))}}}"
+                                     f" not run yet"])
+    res = CellResult("", n_train=min(n for n in n_train if n is not None) if any(n is not None for n in n_train) else None,
+                     n_eval=min(n for n in n_eval if n is not None) if any(n is not None for n in n_eval) else None,
+                     run_ids=run_ids, notes=notes)
+    low = insufficient(params, res.n_train, res.n_eval)
+    if low:
+        res.text = f"insufficient ({low})"
+        res.notes.append(f"{header}: insufficient, {low}; no number is reported for so few samples")
+        return res
+    res.summary = summarize(values)
+    res.text = _fmt(res.summary.mean)
+    if absent:
+        res.notes.append(f"{header}: {len(values)} of {len(values) + len(absent)} replicates "
+                         f"(seeds {absent} not run yet)")
+    return res
+
+
+def insufficient(params: Mapping, n_train: int | None, n_eval: int | None) -> str | None:
+    """Why a cell with these sample counts gets no number (``tables.min_train_samples`` / ``min_eval_samples``)."""
+    min_train = int(get_path(params, "tables.min_train_samples", 1) or 1)
+    min_eval = int(get_path(params, "tables.min_eval_samples", 1) or 1)
+    reasons = []
+    if n_train is not None and n_train < min_train:
+        reasons.append(f"n={n_train} training samples < tables.min_train_samples {min_train}")
+    if n_eval is not None and n_eval < min_eval:
+        reasons.append(f"n={n_eval} evaluation samples < tables.min_eval_samples {min_eval}")
+    return "; ".join(reasons) or None
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{round(value, 6):g}" if abs(value) < 1e6 else str(value)
 
 
+def column_headers(col: Column, compared: bool) -> list[str]:
+    """The CSV columns of one table column: mean, std, n (runs), n_train, n_eval, the paper's value, and for a
+    table with a reference row the difference to it with its Welch 95 % interval and the verdict."""
+    out = [col.header, f"{col.header} std", f"{col.header} n", f"{col.header} n_train", f"{col.header} n_eval",
+           f"{col.header} [paper]"]
+    if compared:
+        out += [f"{col.header} diff", f"{col.header} diff 95% low (Welch)", f"{col.header} diff 95% high (Welch)",
+                f"{col.header} verdict"]
+    return out
+
+
+def literature_protocol_columns(columns, params: Mapping) -> list[Column]:
+    """With ``finetune.bigearthnet.protocol: literature``, each BigEarthNet column gets a sibling with the cited
+    papers' per-batch micro AP average (metric ``mAP_micro_per_batch``), so like is compared with like."""
+    out = []
+    for col in columns:
+        out.append(col)
+        if col.task == "bigearthnet" and get_path(params, "finetune.bigearthnet.protocol", None) == "literature":
+            out.append(Column(col.header.replace("micro mAP (whole eval set)", "per-batch micro mAP (literature)"),
+                              col.task, col.fraction, "mAP_micro_per_batch", col.variant))
+    return out
+
+
 def build_rows(name: str, params: Mapping, literature: Mapping | None = None) -> tuple[list[str], list[dict]]:
     """The header and the rows (dicts) of table ``name``: run rows first, then the cited rows."""
     spec = table_spec(name)
     literature = read_literature(Path(params["paths"]["results"]) / "literature.csv") if literature is None else literature
-    columns: list[Column] = list(spec["columns"])
+    columns: list[Column] = literature_protocol_columns(spec["columns"], params)
+    reference, compared_rows = spec.get("compare") or (None, ())
     header = ["method", "status", "source"] + ([SAMPLES, f"{SAMPLES} [paper]"] if spec.get("samples") else [])
     for col in columns:
-        header += [col.header, f"{col.header} [paper]"]
+        header += column_headers(col, reference is not None)
+    if reference is not None:
+        header.append("compared_with")
     header += ["mlflow_run_ids", "note"]
 
-    check_runs = bool((params.get("mlflow") or {}).get("enabled"))
+    results: dict[str, dict[str, CellResult]] = {}
     rows = []
     for r in spec["rows"]:
         out = {"method": r.label, "source": "this repository"}
@@ -357,36 +547,52 @@ def build_rows(name: str, params: Mapping, literature: Mapping | None = None) ->
             out[SAMPLES] = "" if n is None else str(n)
             out[f"{SAMPLES} [paper]"] = str(int(paper[SAMPLES]["value"])) if SAMPLES in paper else ""
         run_ids, notes, found = [], [], 0
+        results[r.label] = {}
         for col in columns:
-            c = cell(table_row(name, r, params), col)
-            out[f"{col.header} [paper]"] = _fmt(paper[col.header]["value"]) if col.header in paper else ""
-            reason = missing_inputs(params, c)
-            result = None if reason else read_run(params, c)
-            if result is None:
-                out[col.header] = ""
-                notes.append(f"{col.header}: missing, {reason or f'run {c.run_dir(params)} not run yet'}")
-                continue
-            out[col.header] = _fmt(metric_value(result["metrics"], col.metric, c.run_dir(params)))
-            found += 1
-            run_id = result["run"].get("mlflow_run_id")
-            if run_id:
-                run_ids.append(f"{col.task}@{c.setting}:{run_id}")
-            elif check_runs:
-                notes.append(f"{col.header}: run {c.run_dir(params)} has no mlflow_run_id in run.json")
+            res = cell_result(params, cell(table_row(name, r, params), col), col.metric, col.header)
+            results[r.label][col.header] = res
+            s = res.summary
+            out.update({col.header: res.text, f"{col.header} std": _fmt(s.std) if s else "",
+                        f"{col.header} n": str(s.n) if s else "",
+                        f"{col.header} n_train": "" if res.n_train is None else str(res.n_train),
+                        f"{col.header} n_eval": "" if res.n_eval is None else str(res.n_eval),
+                        f"{col.header} [paper]": _fmt(paper[col.header]["value"]) if col.header in paper else ""})
+            found += s is not None
+            run_ids += res.run_ids
+            notes += res.notes
+        if spec.get("note"):
+            notes.append(spec["note"])
         out["status"] = "run" if found == len(columns) else "partial" if found else "missing"
         out["mlflow_run_ids"] = ";".join(dict.fromkeys(run_ids))
         out["note"] = "; ".join(dict.fromkeys(notes))
         rows.append(out)
+    if reference is not None:
+        if reference not in results or any(label not in results for label in compared_rows):
+            raise TableError(f"{name}: compare names rows {reference!r}, {compared_rows} not all in the table")
+        for out in rows:
+            label = out["method"]
+            out["compared_with"] = reference if label in compared_rows else ""
+            for col in columns:
+                a, b = results[label][col.header].summary, results[reference][col.header].summary
+                if label not in compared_rows or a is None or b is None:
+                    for k in ("diff", "diff 95% low (Welch)", "diff 95% high (Welch)", "verdict"):
+                        out[f"{col.header} {k}"] = ""
+                    continue
+                cmp = compare(a, b, col.metric)
+                out[f"{col.header} diff"] = _fmt(cmp.diff)
+                out[f"{col.header} diff 95% low (Welch)"] = _fmt(cmp.low)
+                out[f"{col.header} diff 95% high (Welch)"] = _fmt(cmp.high)
+                out[f"{col.header} verdict"] = cmp.verdict
     for (table, method), values in literature.items():
         if table != name:
             continue
-        out = {"method": method, "status": "cited", "mlflow_run_ids": "", "note": ""}
+        out = {k: "" for k in header}
+        out.update({"method": method, "status": "cited"})
         sources = {v["source"] for v in values.values()}
         out["source"] = "; ".join(sorted(sources))
         for col in columns:
             v = values.get(col.header)
             out[col.header] = _fmt(v["value"]) if v else ""
-            out[f"{col.header} [paper]"] = ""
         extra = [f"{k} {v['note']}" for k, v in values.items() if v["note"]]
         if spec.get("samples"):
             out[SAMPLES] = str(int(values[SAMPLES]["value"])) if SAMPLES in values else ""
@@ -406,13 +612,15 @@ def build_table(name: str, params: Mapping, out: Path | None = None) -> Path:
     error, since the table would then cite a run nobody can open.
     """
     header, rows = build_rows(name, params)
+    found = {}
     if (params.get("mlflow") or {}).get("enabled"):
         from . import tracking
 
         for row in rows:
             for item in filter(None, row["mlflow_run_ids"].split(";")):
                 run_id = item.rsplit(":", 1)[1]
-                if tracking.get_run(params, run_id) is None:
+                found[run_id] = tracking.get_run(params, run_id)
+                if found[run_id] is None:
                     raise TableError(f"{name}: row {row['method']!r} cites MLflow run {run_id} ({item}) that the "
                                      f"store {params['mlflow']['tracking_uri']} does not hold")
     out = Path(out) if out is not None else Path(params["paths"]["results"]) / f"{name}.csv"
@@ -422,7 +630,7 @@ def build_table(name: str, params: Mapping, out: Path | None = None) -> Path:
     writer.writerows(rows)
     write_text(out, buf.getvalue())
     if (params.get("mlflow") or {}).get("enabled"):
-        log_table_run(name, params, header, rows, out)
+        log_table_run(name, params, header, rows, out, found)
     missing = [r for r in rows if r["status"] in ("missing", "partial")]
     print(f"{name}: wrote {out} ({len(rows)} rows: "
           f"{sum(r['status'] == 'run' for r in rows)} reproduced, {len(missing)} missing or partial, "
@@ -437,7 +645,8 @@ def _metric_key(*parts: str) -> str:
     return "/".join(re.sub(r"[^A-Za-z0-9_\-. :]", "_", p) for p in parts)
 
 
-def log_table_run(name: str, params: Mapping, header: list[str], rows: list[dict], csv_path: Path) -> str | None:
+def log_table_run(name: str, params: Mapping, header: list[str], rows: list[dict], csv_path: Path,
+                  runs: Mapping | None = None) -> str | None:
     """One run in the MLflow experiment ``name`` (e.g. ``table3``) per build: the CSV as an artifact, each reproduced
     cell as the metric ``<row>/<column>``, the cited run ids as tags; each cited run gets ``xgeo.table.<name>``."""
     from . import tracking
@@ -448,7 +657,8 @@ def log_table_run(name: str, params: Mapping, header: list[str], rows: list[dict
         if row["status"] == "cited":
             continue
         for col in header:
-            if col.endswith("[paper]") or col in ("method", "status", "source", "mlflow_run_ids", "note"):
+            if col.endswith(("[paper]", "verdict")) or col in ("method", "status", "source", "compared_with",
+                                                                "mlflow_run_ids", "note"):
                 continue
             try:
                 metrics[_metric_key(row["method"], col)] = float(row.get(col, ""))
@@ -456,8 +666,19 @@ def log_table_run(name: str, params: Mapping, header: list[str], rows: list[dict
                 pass  # missing cell: no number
         for item in filter(None, row["mlflow_run_ids"].split(";")):
             cited[item.rsplit(":", 1)[1]] = row["method"]
-    tags = {"xgeo.stage": "table", "xgeo.table": name,
-            "xgeo.cited_runs": ";".join(f"{label}:{rid}" for rid, label in cited.items())}
+    from .provenance import digest
+
+    tags = {"xgeo.stage": "table", "xgeo.table": name, "xgeo.params_digest": digest(params),
+            "xgeo.cited_runs": ";".join(f"{label}:{rid}" for rid, label in cited.items()),
+            "xgeo.interval": METHOD}
+    links = []
+    for run_id, label in cited.items():
+        r = (runs or {}).get(run_id) or tracking.get_run(params, run_id)
+        where = f"#/experiments/{r.info.experiment_id}/runs/{run_id}" if r is not None else run_id
+        links.append(f"- {label}: [{r.info.run_name if r is not None else run_id}]({where})")
+    # the run's description in the UI: a link to every cited finetuning run
+    tags["mlflow.note.content"] = f"Table {name}: {len(cited)} cited runs (params digest {tags['xgeo.params_digest']})" \
+                                  + ("\n\n" + "\n".join(links) if links else "")
     with tracking.start_run(params, experiment=name, run_name=name, tags=tags) as run:
         run.log_metrics(metrics)
         run.log_artifact(csv_path)

@@ -39,6 +39,13 @@ from typing import Any, Iterator, Mapping
 from .config import flatten
 from .errors import XGeoError
 
+# MLflow 3.x opens an experiment on the view of its kind (the React app reads this experiment tag; without it a
+# new experiment opens on the GenAI overview); "custom_model_development" is the model-training view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# ...but MLflow 3.17's UI keeps a GenAI / model-training switch per browser (default GenAI, overview page first) that
+# only the address overrides: `xgeo ui` links experiments with this query so they open on their runs table
+UI_VIEW = "?workflowType=machine_learning"
 LOCK_SUFFIX = ".lock"
 ARTIFACTS_DIR = "mlartifacts"
 RETRIES = 20
@@ -147,9 +154,11 @@ def _experiment_id(store: Store, client, name: str) -> str:
     def get_or_create() -> str:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) is None:  # a store made before the tag was set
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = (store.artifacts / _safe_name(name)).as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     return _locked_call(store, get_or_create)
 
@@ -206,6 +215,18 @@ class Run:
         if items:
             _locked_call(self.store, self.client.log_batch, self.run_id, tags=items)
 
+    def log_input(self, name: str, digest: str, split: str, samples: int, source: str | os.PathLike) -> None:
+        """Record a store the run read as an MLflow dataset input (the run page's "Datasets used"): its name, a
+        digest of its content, the split (the input's context tag) and the sample count (the dataset's profile)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=str(digest)[:36], source_type="local",
+                          source=json.dumps({"uri": str(source)}), profile=json.dumps({"num_rows": int(samples)}))
+        entry = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split)])
+        _locked_call(self.store, self.client.log_inputs, self.run_id, datasets=[entry])
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file (or a directory) into the run's artifacts."""
         path = Path(path)
@@ -239,6 +260,9 @@ class NoOpRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
+    def log_input(self, name: str, digest: str, split: str, samples: int, source: str | os.PathLike) -> None:
+        pass
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         pass
 
@@ -259,7 +283,9 @@ def start_run(
 ) -> Iterator[Run | NoOpRun]:
     """Open a run in ``experiment`` (created if new); it ends FINISHED, or FAILED when the block raises.
 
-    Tags: ``xgeo.profile`` and ``xgeo.experiment`` (the params' experiment, when set) are added to ``tags``.
+    Tags: ``xgeo.profile`` and ``xgeo.experiment`` (the params' experiment, when set) are added to ``tags``; the
+    run's name starts with the params' experiment (``xgeo/bigearthnet/xgeo/f0.1/seed0``) so runs of different
+    pretraining variants are told apart in the UI's run list.
     """
     if not enabled(params):
         yield NoOpRun()
@@ -271,6 +297,8 @@ def start_run(
     if params.get("experiment"):
         all_tags["xgeo.experiment"] = params["experiment"]
     all_tags.update({str(k): _param_value(v) for k, v in (tags or {}).items()})
+    if run_name and params.get("experiment") and run_name.split("/")[0] != params["experiment"]:
+        run_name = f"{params['experiment']}/{run_name}"
     mlflow_run = _locked_call(store, client.create_run, experiment_id, tags=all_tags, run_name=run_name)
     run = Run(store=store, client=client, run_id=mlflow_run.info.run_id, experiment_id=experiment_id)
     status = "FAILED"
@@ -339,7 +367,8 @@ def serve_ui(params: Mapping, host: str = "127.0.0.1", port: int = 5000) -> None
         raise TrackingError(f"xgeo ui --host: serves on the loopback interface only (127.0.0.1), found {host!r}")
     store = resolve_store(params)
     _client(store)
-    print(f"xgeo ui: MLflow UI for {store.uri} at http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    print(f"xgeo ui: MLflow UI for {store.uri} at http://{host}:{port}/#/experiments{UI_VIEW} "
+          f"(the model-training view: runs first; Ctrl-C stops it)", flush=True)
     cmd = ui_command(params, host, port)
     # become the server process: Ctrl-C and SIGTERM then reach mlflow directly, no orphaned server is left behind
     os.execv(cmd[0], cmd)

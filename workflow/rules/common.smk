@@ -56,6 +56,7 @@ wildcard_constraints:
     experiment="|".join(PARAMS["experiments"]),
     init=r"[A-Za-z0-9_]+",
     setting=r"[0-9.]+(-[A-Za-z0-9_]+)?",
+    seed=r"[0-9]+",
     table=r"table[0-9]+",
 
 
@@ -82,7 +83,9 @@ def pretrain_run_dir(wildcards):
 
 def finetune_digest(wildcards):
     p = exp_params(wildcards.experiment)
-    return digest([p.get("seed"), p.get("finetune"), finetune_extra_sets(wildcards)])
+    # every setting xgeo.provenance records, so Snakemake reruns a finetune when one changes
+    return digest([wildcards.seed, p.get("profile"), p.get("model"), p.get("finetune"),
+                   p["data"]["source"], p["data"]["datasets"], finetune_extra_sets(wildcards)])
 
 
 def store(dataset):
@@ -125,7 +128,8 @@ def finetune_extra_sets(wildcards):
 
 
 def run_outputs(cells):
-    return [f"{c.run_dir(PARAMS)}/metrics.json" for c in cells]
+    """metrics.json of every replicate (tables.replicates finetuning seeds) of each cell."""
+    return [f"{d}/metrics.json" for c in cells for _, d in c.replicate_dirs(PARAMS)]
 
 
 def table_inputs(wildcards):

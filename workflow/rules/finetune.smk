@@ -1,5 +1,6 @@
 # Finetune-evaluate: one rule per downstream task, parameterised by experiment, init and setting (fraction[-variant]).
-#   results/runs/{experiment}/{task}/{init}/f{fraction}[-{variant}]/{metrics.json, predictions.npz, run.json}
+#   results/runs/{experiment}/{task}/{init}/f{fraction}[-{variant}]/seed{seed}/{metrics.json, predictions.npz, run.json}
+# one run per finetuning seed (tables.replicates of them: seed, seed + 1, ...); a table cell is their mean ± std
 # workflow.finetune.gpu: the job's GPUs; more than one runs the task data-parallel under torchrun (evaluation on rank 0).
 
 
@@ -20,11 +21,11 @@ for _task in TASKS:
             unpack(finetune_inputs(_task)),
             plan=plan_check,
         output:
-            metrics=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/metrics.json",
-            predictions=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/predictions.npz",
-            run=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/run.json",
+            metrics=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}/metrics.json",
+            predictions=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}/predictions.npz",
+            run=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}/run.json",
         log:
-            f"logs/finetune/{{experiment}}/{_task}/{{init}}/f{{setting}}.log",
+            f"logs/finetune/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}.log",
         params:
             task=_task,
             launcher=finetune_launcher,
@@ -39,4 +40,4 @@ for _task in TASKS:
             mem_mb=PARAMS["workflow"]["finetune"]["mem_mb"],
         shell:
             "{params.launcher} finetune {params.task} --init {params.init} --out {params.out} --fraction {params.fraction}"
-            " --experiment {wildcards.experiment} {SETS} {params.variant} > {log} 2>&1"
+            " --experiment {wildcards.experiment} {SETS} {params.variant} --set seed={wildcards.seed} > {log} 2>&1"

@@ -8,8 +8,13 @@ rule table:
         report(f"{RESULTS}/{{table}}.csv", caption="../report/table.rst", category="Tables"),
     log:
         "logs/tables/{table}.log",
+    params:
+        xgeo=XGEO,
+        sets=SETS,
+    conda:
+        "../../envs/xgeo.yaml"
     shell:
-        "{XGEO} table {wildcards.table} --out {output} {SETS} > {log} 2>&1"
+        "{params.xgeo} table {wildcards.table} --out {output} {params.sets} > {log} 2>&1"
 
 
 rule figure3:
@@ -17,8 +22,14 @@ rule figure3:
         run_outputs(xtables.required_cells("figure3", PARAMS)),
     output:
         report(f"{RESULTS}/figures/figure3.png", caption="../report/figure3.rst", category="Figure 3"),
+    log:
+        "logs/tables/figure3.log",
+    params:
+        plots=XGEO_PLOTS,
+    conda:
+        "../../envs/xgeo.yaml"
     shell:
-        "{XGEO_PLOTS} figure3 {output}"
+        "{params.plots} figure3 {output} > {log} 2>&1"
 
 
 rule figures:

@@ -97,6 +97,15 @@ class BigEarthNet(Task):
     def build_head(self, channels: Sequence[int]) -> nn.Module:
         return ClassificationHead(channels, len(self.class_names))
 
+    @property
+    def protocol(self) -> str:
+        """whole_set (micro mAP over the whole evaluation set) | literature (also the per-batch average)."""
+        protocol = str(self.s.get("protocol") or "whole_set")
+        if protocol not in ("whole_set", "literature"):
+            raise XGeoError(f"params finetune.bigearthnet.protocol: expected whole_set or literature, found "
+                            f"{protocol!r}")
+        return protocol
+
     def _inputs(self, batch: dict) -> list[torch.Tensor]:
         xs = [batch[i.key] for i in self.input_specs()]
         if xs[0].shape[-1] != self.image_size:
@@ -133,6 +142,10 @@ class BigEarthNet(Task):
                   "AP_per_class": dict(zip(self.class_names, m["AP_per_class"])),
                   "classes_without_positives": [self.class_names[k] for k in m["classes_without_positives"]],
                   "eval_split": self.eval_split(), "eval_samples": int(len(scores))}
+        if self.protocol == "literature":
+            # the cited papers' way beside ours: per-batch micro AP averaged (of the final model; the papers also
+            # keep the best epoch, which this single evaluation does not do)
+            result["mAP_micro_per_batch"] = metrics.per_batch_micro_map(scores, targets, loader.batch_size)
         arrays = {"scores": scores, "targets": targets, "labels": (scores >= 0.5).astype(np.uint8),
                   "index": np.concatenate(index), "class_names": np.asarray(self.class_names)}
         return result, arrays, []

@@ -36,7 +36,8 @@ from ..io import write_bytes, write_json
 from ..errors import XGeoError
 from ..runtime import autocast, select_device
 from ..runtime import configure as configure_runtime
-from .backbone import build_backbone
+from ..provenance import digest, finetune_settings
+from .backbone import build_backbone, resolve_init
 from .loop import train
 from .tasks import FinetuneNet, get_task, task_settings
 
@@ -184,6 +185,10 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
     settings = dict(s, warmup_steps=min(warm, total), steps=total)
 
     backbone, init_info = build_backbone(init, params, t.input_specs(), t.image_size, t.s)
+    # provenance: every setting that shaped this run (xgeo.provenance); the table builder checks it
+    kind, weights = resolve_init(init, params)
+    shaped_by = finetune_settings(params, task, None if kind == "random" else weights, fraction, steps)
+    shaped_digest = digest(shaped_by)
     net = FinetuneNet(backbone, t.build_head(backbone.channels)).to(procs.device)
     if procs.rank:
         # the ranks' own streams for what the model draws (MoE gate noise, drop path); weights are already equal
@@ -204,16 +209,25 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
 
     batch_size = _rank_batch(task, int(s["batch_size"]), len(train_ds), procs.world_size)
     run_name = f"{task}/{init_info['init']}/" + (f"f{subset['fraction']}" if subset.get("fraction") is not None
-                                                  else subset.get("subset", "all").replace(" ", "_"))
+                                                  else subset.get("subset", "all").replace(" ", "_")) \
+        + f"/seed{params.get('seed', 0)}"
     tags = {"xgeo.stage": "finetune", "xgeo.task": task, "xgeo.init": init_info["init"],
-            "xgeo.fraction": subset.get("fraction"), "xgeo.protocol": t.protocol}
+            "xgeo.fraction": subset.get("fraction"), "xgeo.protocol": t.protocol, "xgeo.seed": params.get("seed"),
+            "xgeo.settings_digest": shaped_digest}
     run_ctx = (tracking.start_run(params, experiment=EXPERIMENT, run_name=run_name,
                                   tags={k: v for k, v in tags.items() if v is not None})
                if procs.is_main else contextlib.nullcontext(tracking.NoOpRun()))
     with run_ctx as run:
         run.log_params({"task": task, "init": init, "steps": total, "finetune": settings, "model": params["model"],
                         "subset": subset, "protocol": t.protocol, "device": str(procs.device), "amp": amp,
-                        "processes": procs.world_size})
+                        "processes": procs.world_size, "seed": params.get("seed"), "settings_digest": shaped_digest})
+        # the store this run read, once per split, as MLflow dataset inputs (digest of the store's root metadata:
+        # split sizes, statistics, modalities)
+        from ..provenance import file_digest
+
+        store_digest = (file_digest(t.path / "zarr.json") or "unknown")[:16]
+        run.log_input(f"{t.dataset}:train", store_digest, "train", len(train_ds), t.path)
+        run.log_input(f"{t.dataset}:{t.eval_split()}", store_digest, t.eval_split(), len(eval_ds), t.path)
         loader = _loader(train_ds, batch_size, True, params, drop_last=True, procs=procs, shard=True)
         losses = train(net, step_loss, loader, settings, total, desc=f"finetune {task}", log=run.log_metrics,
                        log_every=int(params["finetune"].get("log_every", 10)), device=procs.device,
@@ -242,7 +256,9 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
                 "fraction": subset.get("fraction"), "subset": subset, "experiment": params.get("experiment"),
                 "protocol": t.protocol, "steps": total, "seconds": round(time.time() - started, 2),
                 "method": s.get("method"), "inputs": [i.key for i in t.input_specs()], "adapted": init_info["adapted"],
-                "profile": params.get("profile"), "device": procs.device.type, "processes": procs.world_size}
+                "profile": params.get("profile"), "device": procs.device.type, "processes": procs.world_size,
+                "seed": params.get("seed"), "train_samples": int(len(train_ds)), "eval_samples": int(len(eval_ds)),
+                "settings": shaped_by, "settings_digest": shaped_digest}
         save_model(out / "model.pt", net, t, task)
         write_json(out / "run.json", _jsonable(info))
     return result

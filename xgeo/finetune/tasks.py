@@ -327,6 +327,7 @@ class ImageTask(Task):
         result = {"MAE": m["MAE"], "SAM": m["SAM"], "SSIM": m["SSIM"], "PSNR": m["PSNR"],
                   "MAE_per_band": dict(zip(bands, m["MAE_per_band"])),
                   "PSNR_per_band": dict(zip(bands, m["PSNR_per_band"])),
+                  "PSNR_undefined_images": m["PSNR_undefined_images"], "metrics_note": m["note"],
                   "eval_split": self.eval_split(), "eval_samples": len(ds), "scale": self.scale_note}
         return result, arrays, self.figures(arrays)
 
