@@ -111,4 +111,5 @@ def test_two_process_gloo_finetune_keeps_ranks_identical(ben_zarr, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["processes"] == 2 and run["steps"] == steps
     assert metrics["eval_samples"] == 8 and 0.0 <= metrics["mAP_micro"] <= 100.0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.npz", "run.json", "train_ids.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "predictions.npz", "run.json",
+                                                     "train_ids.txt"]
