@@ -112,7 +112,8 @@ def test_finetune_rules_pass_their_gpus_on(root, workdir):
                     "workflow={finetune: {gpu: 2, threads: 1, mem_mb: 4000}}")
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stdout.splitlines() if " finetune " in line and "xgeo.cli" in line]
-    assert len(lines) == 10
+    replicates = yaml.safe_load((root / "params.yaml").read_text())["tables"]["replicates"]
+    assert len(lines) == 10 * replicates  # 10 cells of Table 3, each finetuned once per seed
     assert all("-m torch.distributed.run --standalone --nproc_per_node 2 -m xgeo.cli finetune" in c for c in lines)
     one = snakemake(root, workdir, "-n", "-p", "results/table3.csv")
     assert "torch.distributed.run" not in one.stdout
@@ -152,3 +153,11 @@ def test_pretrain_launcher_per_node_count(root, workdir):
     line = next(x for x in one.stdout.splitlines() if " pretrain --experiment xgeo" in x)
     assert "-m torch.distributed.run --standalone --nproc_per_node 2 -m xgeo.cli pretrain" in line
     assert "srun" not in line
+
+
+def test_snakemake_lint_is_clean(root, workdir):
+    """Every rule declares its conda env, log and the settings it uses as params (Snakemake's own provenance)."""
+    proc = snakemake(root, workdir, "--lint")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in text, text[-3000:]
+    assert "Congratulations, your workflow is in a good condition" in text

@@ -134,3 +134,63 @@ def run_outputs(cells):
 
 def table_inputs(wildcards):
     return run_outputs(xtables.required_cells(wildcards.table, PARAMS)) + [f"{RESULTS}/literature.csv"]
+
+
+# ---- used by data.smk
+
+
+def convert_parts(dataset):
+    """data.convert.parts.<dataset>: parts converted as separate jobs (default 1: one pass)."""
+    return int(PARAMS["data"]["convert"].get("parts", {}).get(dataset, 1))
+
+
+def convert_inputs(wildcards):
+    n = convert_parts(wildcards.dataset)
+    if n == 1:
+        return [f"{RAW}/{wildcards.dataset}.done"]
+    return [f"{ZARR}/{wildcards.dataset}.zarr.parts/{k}-of-{n}.zarr" for k in range(1, n + 1)]
+
+
+# ---- used by plan.smk
+
+
+def plan_check(wildcards):
+    """The plan of the job's experiment under the paper profile; nothing under the demo profile."""
+    if PARAMS.get("profile") != "paper":
+        return []
+    return [f"{RESULTS}/plan/{wildcards.experiment}.txt"]
+
+
+# ---- used by pretrain.smk
+
+
+RDZV_PORT = 29400  # torchrun's c10d default, on the first node of the allocation
+
+
+def launcher(wildcards, resources):
+    """How the pretraining starts: one process per GPU under torchrun when the job has more than one GPU
+    (--standalone on one node); with workflow.pretrain.nodes > 1, srun starts one torchrun per node of the SLURM
+    allocation and they meet at a c10d rendezvous on the allocation's first node; the plain CLI otherwise."""
+    python = shlex.quote(sys.executable)
+    nodes = int(PARAMS["workflow"]["pretrain"].get("nodes", 1))
+    per_node = max(1, resources.gpu)
+    if nodes > 1:
+        return (f"srun --nodes {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
+                f"{python} -m torch.distributed.run --nnodes {nodes} --nproc_per_node {per_node} "
+                f"--rdzv-backend c10d "
+                f'--rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):{RDZV_PORT}" '
+                f'--rdzv-id "xgeo-$SLURM_JOB_ID" -m xgeo.cli')
+    if resources.gpu > 1:
+        return f"{python} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu} -m xgeo.cli"
+    return XGEO
+
+
+# ---- used by finetune.smk
+
+
+def finetune_launcher(wildcards, resources):
+    """One process per GPU under torchrun when the job has more than one GPU; the plain CLI otherwise."""
+    if resources.gpu > 1:
+        return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
+                f"--nproc_per_node {resources.gpu} -m xgeo.cli")
+    return XGEO

@@ -8,6 +8,8 @@ rule raw:
     output:
         touch(f"{RAW}/{{dataset}}.done"),
     params:
+        xgeo=XGEO,
+        sets=SETS,
         directory=lambda wildcards: f"{RAW}/{wildcards.dataset}",
     log:
         "logs/data/raw_{dataset}.log",
@@ -16,20 +18,10 @@ rule raw:
     threads: PARAMS["workflow"]["data"]["threads"]
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
+    conda:
+        "../../envs/xgeo.yaml"
     shell:
-        "{XGEO} data raw {wildcards.dataset} {params.directory} {SETS} > {log} 2>&1"
-
-
-def convert_parts(dataset):
-    """data.convert.parts.<dataset>: parts converted as separate jobs (default 1: one pass)."""
-    return int(PARAMS["data"]["convert"].get("parts", {}).get(dataset, 1))
-
-
-def convert_inputs(wildcards):
-    n = convert_parts(wildcards.dataset)
-    if n == 1:
-        return [f"{RAW}/{wildcards.dataset}.done"]
-    return [f"{ZARR}/{wildcards.dataset}.zarr.parts/{k}-of-{n}.zarr" for k in range(1, n + 1)]
+        "{params.xgeo} data raw {wildcards.dataset} {params.directory} {params.sets} > {log} 2>&1"
 
 
 # One part of a partitioned conversion (the SLURM profile runs each as its own job; a killed part reruns alone).
@@ -41,6 +33,8 @@ rule convert_part:
     input:
         f"{RAW}/{{dataset}}.done",
     params:
+        xgeo=XGEO,
+        sets=SETS,
         raw=lambda wildcards: f"{RAW}/{wildcards.dataset}",
         store=lambda wildcards: f"{ZARR}/{wildcards.dataset}.zarr",
     output:
@@ -50,9 +44,11 @@ rule convert_part:
     threads: PARAMS["workflow"]["data"]["threads"]
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
+    conda:
+        "../../envs/xgeo.yaml"
     shell:
-        "{XGEO} data convert {wildcards.dataset} {params.raw} {params.store} --part {wildcards.k}/{wildcards.n} "
-        "--workers {threads} {SETS} > {log} 2>&1"
+        "{params.xgeo} data convert {wildcards.dataset} {params.raw} {params.store} --part {wildcards.k}/{wildcards.n} "
+        "--workers {threads} {params.sets} > {log} 2>&1"
 
 
 # One pass (data.convert.parts.<dataset> = 1), or the merge of the parts: a store is complete only after it.
@@ -62,6 +58,8 @@ rule convert:
     input:
         convert_inputs,
     params:
+        xgeo=XGEO,
+        sets=SETS,
         raw=lambda wildcards: f"{RAW}/{wildcards.dataset}",
         command=lambda wildcards, output, threads: (
             f"convert {wildcards.dataset} {RAW}/{wildcards.dataset} {output[0]} --workers {threads}"
@@ -75,8 +73,10 @@ rule convert:
     threads: PARAMS["workflow"]["data"]["threads"]
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
+    conda:
+        "../../envs/xgeo.yaml"
     shell:
-        "{XGEO} data {params.command} {SETS} > {log} 2>&1"
+        "{params.xgeo} data {params.command} {params.sets} > {log} 2>&1"
 
 
 rule data:

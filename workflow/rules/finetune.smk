@@ -4,14 +4,6 @@
 # workflow.finetune.gpu: the job's GPUs; more than one runs the task data-parallel under torchrun (evaluation on rank 0).
 
 
-def finetune_launcher(wildcards, resources):
-    """One process per GPU under torchrun when the job has more than one GPU; the plain CLI otherwise."""
-    if resources.gpu > 1:
-        return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
-                f"--nproc_per_node {resources.gpu} -m xgeo.cli")
-    return XGEO
-
-
 for _task in TASKS:
 
     rule:
@@ -27,6 +19,7 @@ for _task in TASKS:
         log:
             f"logs/finetune/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}.log",
         params:
+            sets=SETS,
             task=_task,
             launcher=finetune_launcher,
             settings=finetune_digest,
@@ -38,6 +31,8 @@ for _task in TASKS:
         resources:
             gpu=PARAMS["workflow"]["finetune"]["gpu"],
             mem_mb=PARAMS["workflow"]["finetune"]["mem_mb"],
+        conda:
+            "../../envs/xgeo.yaml"
         shell:
             "{params.launcher} finetune {params.task} --init {params.init} --out {params.out} --fraction {params.fraction}"
-            " --experiment {wildcards.experiment} {SETS} {params.variant} --set seed={wildcards.seed} > {log} 2>&1"
+            " --experiment {wildcards.experiment} {params.sets} {params.variant} --set seed={wildcards.seed} > {log} 2>&1"

@@ -3,13 +3,6 @@
 # seconds, before any data is downloaded or any job waits in the queue. The demo profile skips it.
 
 
-def plan_check(wildcards):
-    """The plan of the job's experiment under the paper profile; nothing under the demo profile."""
-    if PARAMS.get("profile") != "paper":
-        return []
-    return [f"{RESULTS}/plan/{wildcards.experiment}.txt"]
-
-
 rule plan:
     """Stored sizes come from params (--no-stores: the stores may not exist yet); the job asks for the pretraining's
     GPUs so that, on a cluster, the GPU check runs where the training will."""
@@ -20,6 +13,11 @@ rule plan:
     priority: 100  # before the downloads and conversions, which do not wait for it
     resources:
         gpu=PARAMS["workflow"]["pretrain"]["gpu"],
+    params:
+        xgeo=XGEO,
+        sets=SETS,
+    conda:
+        "../../envs/xgeo.yaml"
     shell:
-        "{XGEO} plan --no-stores --no-measure --experiment {wildcards.experiment} {SETS} > {log} 2>&1"
+        "{params.xgeo} plan --no-stores --no-measure --experiment {wildcards.experiment} {params.sets} > {log} 2>&1"
         " && cp {log} {output}"
