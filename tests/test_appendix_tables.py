@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from xgeo import tables
+from xgeo import provenance
 from xgeo.config import load_params
 from xgeo.io import write_json
 
@@ -21,7 +23,9 @@ TINY = ("data.datasets.geopile.synth={sources: [RESISC45], classes_per_source: 2
 
 def _params(tmp: Path, *more: str, experiment: str | None = None) -> dict:
     return load_params(ROOT / "params.yaml", [*TINY, f"paths.zarr={tmp}/zarr", f"paths.runs={tmp}/runs",
-                                              f"paths.results={tmp}/results", "mlflow.enabled=false", *more],
+                                              f"paths.results={tmp}/results", f"paths.checkpoints={tmp}/ckpt",
+                                              "mlflow.enabled=false", "tables.replicates=1",
+                                              "tables.min_train_samples=1", "tables.min_eval_samples=1", *more],
                        experiment=experiment)
 
 
@@ -59,18 +63,21 @@ def test_tables_8_and_9_at_smoke_size(tmp_path):
 
     (tmp_path / "results").mkdir()
     shutil.copy(ROOT / "results" / "literature.csv", tmp_path / "results" / "literature.csv")
-    base = _params(tmp_path)
+    # the one real cell's settings are the table's params (its provenance digest must match them)
+    small = ("pretrain.steps=2", "finetune.oscd.image_size=32", "finetune.oscd.batch_size=2",
+             "finetune.oscd.head_width=8", "finetune.oscd.steps=1")
+    base = _params(tmp_path, *small)
     for ds in ("geopile", "oscd"):
         synthesize(ds, tmp_path / "raw" / ds, base, seed=0)
         convert(ds, tmp_path / "raw" / ds, tmp_path / "zarr" / f"{ds}.zarr", base)
     # one real cell: Swin v1 pretrained on GeoPile for 2 steps, OSCD finetuned from it for 1 step
-    exp = _params(tmp_path, "pretrain.steps=2", "finetune.oscd.image_size=32", "finetune.oscd.batch_size=2",
-                  "finetune.oscd.head_width=8", experiment="rgb-geopile")
+    exp = _params(tmp_path, *small, experiment="rgb-geopile")
     ckpt = tmp_path / "ckpt" / "rgb-geopile"
     pretrain(exp, ckpt)
     geopile_row = tables.TABLES["table8"]["rows"][0]
     oscd_cell = tables.cell(geopile_row, tables.OSCD)
-    real = finetune("oscd", str(ckpt / "last.ckpt"), oscd_cell.run_dir(base), exp, steps=1)
+    (seed,) = tables.seeds(base)
+    real = finetune("oscd", str(ckpt / "last.ckpt"), oscd_cell.run_dir(base) / f"seed{seed}", exp)
     # the other cells: finished run directories
     values = {}
     for name in ("table8", "table9"):
@@ -82,10 +89,16 @@ def test_tables_8_and_9_at_smoke_size(tmp_path):
                     continue
                 v = 10.0 * k + j + 0.5
                 values[(row.label, col.header)] = v
-                done = c.run_dir(base) / "metrics.json"
+                run_dir = c.run_dir(base) / f"seed{seed}"
+                done = run_dir / "metrics.json"
                 metrics = json.loads(done.read_text()) if done.exists() else {}  # SpaceNet: PSNR and SSIM, one run
-                write_json(done, dict(metrics, **{col.metric: v}))
-                write_json(c.run_dir(base) / "run.json", {"mlflow_run_id": None, "task": c.task})
+                write_json(done, dict(metrics, **{col.metric: v}, eval_samples=300))
+                # a finished run of the settings the table expects (as the finetune stage records them)
+                shaped = provenance.finetune_settings(tables.cell_params(base, c, seed), c.task,
+                                                      tables.init_file(base, c), c.fraction, None)
+                write_json(run_dir / "run.json", {"mlflow_run_id": None, "task": c.task, "seed": seed,
+                                                  "train_samples": 300, "eval_samples": 300, "settings": shaped,
+                                                  "settings_digest": provenance.digest(shaped)})
     n_geopile = 8  # 1 source x 2 classes x 4 images
     for name in ("table8", "table9"):
         path = tables.build_table(name, base)
@@ -125,8 +138,9 @@ def test_snakemake_dag_of_tables_8_and_9(tmp_path):
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     # 5 RGB pretrainings; per row OSCD, DSIFN, BEN 10 % and 1 %, WHU, Vaihingen, SpaceNet2 (PSNR and SSIM: one run)
     assert counts["pretrain"] == 5 and counts["table"] == 2
+    n = yaml.safe_load((ROOT / "params.yaml").read_text())["tables"]["replicates"]  # runs per cell
     assert {t: counts[f"finetune_{t}"] for t in ("oscd", "dsifn", "whu", "bigearthnet", "vaihingen", "spacenet2")} == {
-        "oscd": 5, "dsifn": 5, "whu": 5, "bigearthnet": 10, "vaihingen": 5, "spacenet2": 5}
+        "oscd": 5 * n, "dsifn": 5 * n, "whu": 5 * n, "bigearthnet": 10 * n, "vaihingen": 5 * n, "spacenet2": 5 * n}
     assert counts["convert"] == 11  # 5 pretraining sets + 6 downstream datasets
     assert set(re.findall(r"checkpoints/(rgb-[\w-]+)/last\.ckpt", res.stdout)) == {
         "rgb-geopile", "rgb-xgeoset", "rgb-imagenet", "rgb-geolifeclef", "rgb-fmow"}

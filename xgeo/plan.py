@@ -218,7 +218,8 @@ def _finetune(plan: Plan, params: Mapping, stores: bool, cuda: int) -> None:
     for name, w in (params["finetune"].get("weights") or {}).items():
         plan.add(f"finetune weights {name}: {w}" + ("" if Path(str(w)).exists() else
                                                       " (absent: its table rows are written as missing)"))
-    for task in TASKS:
+    # the tasks of the run's downstream datasets (data.downstream); the appendix tasks are planned when listed there
+    for task in [d for d in params["data"]["downstream"] if d in TASKS]:
         s = task_settings(params, task)
         spec = get_dataset(task)
         key = (s.get("inputs") or [k for k in spec.modalities])[0] if task != "spacenet2" else "pan"
