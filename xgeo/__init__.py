@@ -1,5 +1,5 @@
 """xgeo: multi-sensor geospatial foundation-model pretraining."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def __getattr__(name):

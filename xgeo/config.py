@@ -247,16 +247,31 @@ def load_params(
         params["profile"] = profile
     schema = params_schema(path)
     if experiment is not None:
-        experiments = params.get("experiments", {})
-        if experiment not in experiments:
-            raise ConfigError(
-                f"{path}: experiment {experiment!r} is not defined under 'experiments' (known: {sorted(experiments)})"
-            )
-        params = apply_overrides(params, experiments[experiment] or {}, source=f"experiments.{experiment}",
+        params = apply_overrides(params, experiment_overrides(params, experiment, path), source=f"experiments.{experiment}",
                                  schema=schema)
         params["experiment"] = experiment
     params = apply_overrides(params, overrides, schema=schema)
     return params
+
+
+def experiment_overrides(params: Mapping, experiment: str, path: str | os.PathLike = "params") -> Mapping:
+    """The dotted overrides of ``experiments.<experiment>``."""
+    experiments = params.get("experiments") or {}
+    if experiment not in experiments:
+        raise ConfigError(f"{path}: experiment {experiment!r} is not defined under 'experiments' "
+                          f"(known: {sorted(experiments)})")
+    return experiments[experiment] or {}
+
+
+def pretraining_of(params: Mapping, experiment: str) -> str:
+    """The experiment whose checkpoint ``experiment`` finetunes from.
+
+    An experiment that overrides only ``finetune.*`` keys shares the pretraining of ``tables.base_experiment``.
+    """
+    overrides = experiment_overrides(params, experiment)
+    if overrides and all(str(k).startswith("finetune.") for k in overrides):
+        return params["tables"]["base_experiment"]
+    return experiment
 
 
 def dumps(params: Mapping) -> str:

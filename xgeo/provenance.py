@@ -4,7 +4,7 @@
 
 - ``profile`` and the whole ``model`` section;
 - ``experiment`` (the pretraining variant), ``pretraining`` (the experiment whose checkpoint it starts from, see
-  :func:`xgeo.tables.pretraining_of`) and ``weights_sha256``, the SHA-256 of the initial weight file (the
+  :func:`xgeo.config.pretraining_of`) and ``weights_sha256``, the SHA-256 of the initial weight file (the
   pretraining checkpoint or a timm state dict; none for ``random``);
 - ``task``, the task's resolved settings (``finetune.optim`` + ``finetune.<task>``, the paper overlay when the
   profile is ``paper``, variants included), ``fraction``, ``finetune.new_sensors`` and ``finetune.eval_batch_size``;
@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import flatten
+from .config import flatten, pretraining_of
 
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -58,7 +58,6 @@ def finetune_settings(params: Mapping, task: str, weights: str | os.PathLike | N
     weights: the initial weight file (None for a random initialisation).
     """
     from .finetune.tasks import task_settings
-    from .tables import pretraining_of
 
     s = task_settings(params, task)
     experiment = params.get("experiment")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .config import get_path
+from .config import experiment_overrides, get_path, pretraining_of
 from .errors import XGeoError
 from .io import write_text
 from .replicates import METHOD, Summary, compare, summarize
@@ -264,24 +264,6 @@ def figure3_cells() -> list[Cell]:
 
 
 # ------------------------------------------------------------------------------------------------ what a cell needs
-def experiment_overrides(params: Mapping, experiment: str) -> Mapping:
-    experiments = params.get("experiments") or {}
-    if experiment not in experiments:
-        raise TableError(f"params experiments: no experiment {experiment!r} (known: {sorted(experiments)})")
-    return experiments[experiment] or {}
-
-
-def pretraining_of(params: Mapping, experiment: str) -> str:
-    """The experiment whose checkpoint ``experiment`` finetunes from.
-
-    An experiment that overrides only ``finetune.*`` keys shares the pretraining of ``tables.base_experiment``.
-    """
-    overrides = experiment_overrides(params, experiment)
-    if overrides and all(str(k).startswith("finetune.") for k in overrides):
-        return params["tables"]["base_experiment"]
-    return experiment
-
-
 def variant_overrides(params: Mapping, variant: str | None) -> list[str]:
     """``--set`` arguments of a finetune variant (``tables.variants.<name>``)."""
     if not variant:

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 from xgeo import tables as xtables
 from xgeo.catalog import CATALOG
-from xgeo.config import load_params
+from xgeo.config import load_params, pretraining_of
 
 PARAMS_FILE = os.environ.get("XGEO_PARAMS", "params.yaml")
 
@@ -112,7 +112,7 @@ def finetune_inputs(task):
     def inputs(wildcards):
         out = {"store": store(task)}
         if wildcards.init == "xgeo":
-            base = xtables.pretraining_of(PARAMS, wildcards.experiment)
+            base = pretraining_of(PARAMS, wildcards.experiment)
             out["weights"] = f"{CKPT}/{base}/last.ckpt"
         elif wildcards.init != "random":
             out["weights"] = str(xtables.init_weights(PARAMS, wildcards.init))

@@ -36,5 +36,5 @@ rule figures:
     """Training curves and reconstructions of every pretraining the built tables use."""
     input:
         [f"{RESULTS}/figures/{e}/training_curves.png" for e in PARAMS["experiments"]
-         if any(c.init == "xgeo" and xtables.pretraining_of(PARAMS, c.experiment) == e
+         if any(c.init == "xgeo" and pretraining_of(PARAMS, c.experiment) == e
                 for t in PARAMS["tables"]["build"] for c in xtables.required_cells(t, PARAMS))],

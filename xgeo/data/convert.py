@@ -33,7 +33,7 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
-from .. import __version__
+from ..version import __version__
 from ..errors import DataError
 from ..io import atomic_path
 from ..sensors import SENSORS

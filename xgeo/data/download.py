@@ -52,7 +52,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .. import __version__
+from ..version import __version__
 from .datasets import LAYOUTS, get_dataset
 from .spec import DatasetSpec, Source
 from ..errors import ChecksumError, DataError, XGeoError

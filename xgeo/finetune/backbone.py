@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import CheckpointError, XGeoError
 from ..sensors import get_sensor
-from .tasks import InputSpec
+from .base import InputSpec
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 

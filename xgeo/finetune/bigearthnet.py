@@ -30,7 +30,7 @@ from torch import nn
 from .. import metrics
 from ..errors import DataError, XGeoError
 from .heads import ClassificationHead
-from .tasks import FinetuneNet, InputSpec, Task, split_indices
+from .base import FinetuneNet, InputSpec, Task, split_indices
 
 LABEL = "multilabel"
 

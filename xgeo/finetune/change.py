@@ -31,7 +31,7 @@ from .. import metrics
 from ..errors import DataError, XGeoError
 from .heads import UPerHead
 from .loop import sliding_window
-from .tasks import FinetuneNet, InputSpec, Task, pad_to, random_crop
+from .base import FinetuneNet, InputSpec, Task, pad_to, random_crop
 
 TILE_ID = re.compile(r"^(?P<area>.+)_r(?P<r>\d+)_c(?P<c>\d+)$")
 FUSIONS = ("diff", "concat")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .figures import panels, stretch
-from .tasks import ImageTask, InputSpec
+from .base import ImageTask, InputSpec
 
 TARGET = "s2"
 RGB = ("B04", "B03", "B02")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..catalog import get_dataset
 from ..errors import XGeoError
 from .figures import panels, stretch
-from .tasks import ImageTask, InputSpec
+from .base import ImageTask, InputSpec
 
 RGB = ("red", "green", "blue")
 

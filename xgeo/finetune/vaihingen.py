@@ -30,7 +30,7 @@ from ..errors import DataError
 from .figures import colourise, panels, stretch
 from .heads import UPerHead
 from .loop import sliding_window
-from .tasks import FinetuneNet, InputSpec, Task, pad_to, random_crop
+from .base import FinetuneNet, InputSpec, Task, pad_to, random_crop
 
 TILE_ID = re.compile(r"^(?P<area>.+)_r(?P<r>\d+)_c(?P<c>\d+)$")
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..errors import CheckpointError
 from ..io import atomic_path, write_json
 from .moe import MoE

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__ as XGEO_VERSION
+from ..version import __version__ as XGEO_VERSION
 from ..config import flatten
 from ..errors import CheckpointError
 from . import distributed as dist_utils
