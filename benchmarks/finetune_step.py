@@ -8,7 +8,11 @@ optimiser (for BigEarthNet the classifier is timm's norm + pool + linear, as the
 the same prepared batch; the data loading is not timed.
 
     .venv/bin/python benchmarks/finetune_step.py [--tasks bigearthnet vaihingen sen12ms-cr spacenet2]
-        [--size demo] [--batch 8] [--steps 5] [--stores DIR (default: tiny synthetic stores in a temp dir)] [--json OUT]
+        [--size demo] [--batch 8] [--steps 5] [--stores DIR (default: tiny synthetic stores in a temp dir)]
+        [--device cpu|cuda] [--json OUT]
+
+On CUDA both networks run under bf16 autocast (as ``finetune.amp: auto`` does there) and each step is synchronised
+before the clock is read; the peak of the CUDA allocator over the timed steps is reported per network.
 """
 from __future__ import annotations
 
@@ -70,7 +74,9 @@ def timm_backbone(net, in_chans: int, img: int):
     return TimmBackbone()
 
 
-def measure(task_name: str, params, batch_size: int, steps: int) -> dict:
+def measure(task_name: str, params, batch_size: int, steps: int, device: str = "cpu") -> dict:
+    import contextlib
+
     import torch
 
     from xgeo.finetune.backbone import build_backbone
@@ -90,24 +96,41 @@ def measure(task_name: str, params, batch_size: int, steps: int) -> dict:
     plain = FinetuneNet(plain_backbone, t.build_head([f.shape[1] for f in plain_backbone(
         [torch.zeros(1, len(i.bands), t.image_size, t.image_size) for i in t.input_specs()])[0]]))
     settings = dict(t.s, steps=steps, warmup_steps=0)
-    out = {"task": task_name, "batch": n, "image_size": t.image_size, "in_chans": in_chans}
+    dev = torch.device(device)
+    batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+    cuda = dev.type == "cuda"
+    out = {"task": task_name, "batch": n, "image_size": t.image_size, "in_chans": in_chans, "device": device}
     for name, net in (("xgeo", xgeo), ("timm_swinv2", plain)):
+        net.to(dev)
         opt = make_optimizer(net, settings)
         net.train()
 
         def step():
-            loss, aux = t.step_loss(net, batch)
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+            with amp:
+                loss, aux = t.step_loss(net, batch)
             opt.zero_grad(set_to_none=True)
             (loss + aux).backward()
             opt.step()
 
-        step()  # warm-up: allocator, lazy init
+        for _ in range(3 if cuda else 1):  # warm-up: allocator, lazy init, cuBLAS / cuDNN plans
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        if cuda:
+            torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
         out[name] = {"samples_per_s": n / seconds, "step_s": seconds,
+                     "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                      "params_M": sum(p.numel() for p in net.parameters()) / 1e6}
+        net.to("cpu")
+        del opt
+        if cuda:
+            torch.cuda.empty_cache()
     out["ratio"] = out["xgeo"]["samples_per_s"] / out["timm_swinv2"]["samples_per_s"]
     return out
 
@@ -119,6 +142,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--stores", type=Path, default=None)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a key of params.yaml (repeatable), e.g. --set profile=paper")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     import torch
@@ -128,15 +154,19 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stores = args.stores or make_stores(Path(tmp), args.tasks)
         params = load_params(ROOT / "params.yaml", [f"paths.zarr={stores}", f"model.size={args.size}",
-                                                    "mlflow.enabled=false"])
-        rows = [measure(task, params, args.batch, args.steps) for task in args.tasks]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model size {args.size}")
-    print("| task | batch | px | in ch | XGeo samples/s | timm SwinV2 samples/s | XGeo / timm | params M (XGeo / timm) |")
-    print("|---|---|---|---|---|---|---|---|")
+                                                    "mlflow.enabled=false", *args.overrides])
+        rows = [measure(task, params, args.batch, args.steps, args.device) for task in args.tasks]
+    where = torch.cuda.get_device_name() + ", bf16 autocast" if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, model size {args.size}")
+    print("| task | batch | px | in ch | XGeo samples/s | timm SwinV2 samples/s | XGeo / timm | params M (XGeo / timm) "
+          "| peak MiB (XGeo / timm) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        mem = (f"{r['xgeo']['peak_mem_mib']:.0f} / {r['timm_swinv2']['peak_mem_mib']:.0f}"
+               if r["xgeo"]["peak_mem_mib"] is not None else "-")
         print(f"| {r['task']} | {r['batch']} | {r['image_size']} | {r['in_chans']} | {r['xgeo']['samples_per_s']:.1f} | "
               f"{r['timm_swinv2']['samples_per_s']:.1f} | {r['ratio']:.2f} | "
-              f"{r['xgeo']['params_M']:.2f} / {r['timm_swinv2']['params_M']:.2f} |")
+              f"{r['xgeo']['params_M']:.2f} / {r['timm_swinv2']['params_M']:.2f} | {mem} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
