@@ -342,7 +342,8 @@ def test_snakemake_scatters_parts(tmp_path):
 
 
 def test_download_knows_bigearthnet_v2_sources(tmp_path, monkeypatch):
-    """--layout v2 fetches reBEN (Zenodo 10891137) instead of v1; md5 None = recorded at first download, then verified."""
+    """--layout v2 fetches reBEN (Zenodo 10891137) instead of v1; the archives with TorchGeo's md5s, metadata.parquet
+    with md5 None = recorded at first download, then verified."""
     from xgeo.data import download as dl
 
     fetched = []
@@ -357,6 +358,7 @@ def test_download_knows_bigearthnet_v2_sources(tmp_path, monkeypatch):
     assert [s.filename for s in fetched] == ["BigEarthNet-S1.tar.zst", "BigEarthNet-S2.tar.zst", "metadata.parquet"]
     assert all(s.url.startswith("https://zenodo.org/records/10891137/files/") for s in fetched)
     assert [s.extract for s in fetched] == [True, True, False]
+    assert [s.md5 for s in fetched] == ["a55eaa2cdf6a917e296bd6601ec1e348", "2245ed2d1a93f6ce637d839bc856396e", None]
     p["data"]["datasets"]["bigearthnet"]["layout"] = "v3"
     with pytest.raises(Exception, match=r"expected a layout among \['original', 'torchgeo', 'v2'\]"):
         dl.download_dataset("bigearthnet", tmp_path / "v3", p)

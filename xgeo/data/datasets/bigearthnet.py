@@ -55,10 +55,12 @@ SPEC = DatasetSpec(
                f"splits/{s}.csv", md5, extract=False, layout="original")
         for s, md5 in (("train", "623e501b38ab7b12fe44f0083c00986d"), ("val", "22efe8ed9cbd71fa10742ff7df2b7978"), ("test", "697fb90677e30571b9ac7699b7e5b432"))
     ) + (
-        # BigEarthNet v2.0 (reBEN), Zenodo record 10891137: no md5 published where we could read it; the md5 found
-        # at the first download is recorded in DIR/.xgeo-download.json and verified from then on
-        Source(_V2 + "BigEarthNet-S1.tar.zst", "BigEarthNet-S1.tar.zst", None, layout="v2"),
-        Source(_V2 + "BigEarthNet-S2.tar.zst", "BigEarthNet-S2.tar.zst", None, layout="v2"),
+        # BigEarthNet v2.0 (reBEN), Zenodo record 10891137. The archives' md5s are those TorchGeo's BigEarthNetV2
+        # records for the same Zenodo files (torchgeo/datasets/bigearthnet.py). For metadata.parquet no checksum we
+        # could verify was found: the md5 of the first download is recorded in DIR/.xgeo-download.json and checked
+        # from then on
+        Source(_V2 + "BigEarthNet-S1.tar.zst", "BigEarthNet-S1.tar.zst", "a55eaa2cdf6a917e296bd6601ec1e348", layout="v2"),
+        Source(_V2 + "BigEarthNet-S2.tar.zst", "BigEarthNet-S2.tar.zst", "2245ed2d1a93f6ce637d839bc856396e", layout="v2"),
         Source(_V2 + "metadata.parquet", "metadata.parquet", None, extract=False, layout="v2"),
     ),
     layout="BigEarthNet-v1.0/<S2>/<S2>_{B01..B12 without B10}.tif (uint16, 120/60/20 px for 10/20/60 m) + "
