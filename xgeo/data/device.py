@@ -98,7 +98,7 @@ def convention_normalize(x: torch.Tensor, sensor: str, mean: torch.Tensor, std: 
     mean = mean.to(y.device, torch.float32)[None, :, None, None]
     invalid = torch.zeros_like(y, dtype=torch.bool)
     if s.nodata is not None:
-        invalid |= x == s.nodata
+        invalid |= y == s.nodata  # on the float32 copy: exact for the stored integer types, and no uint16 compare
     if s.nan_value is not None:
         y = torch.nan_to_num(y, nan=s.nan_value, posinf=s.valid_range[1] if s.valid_range else None,
                              neginf=s.valid_range[0] if s.valid_range else None)
