@@ -2,7 +2,7 @@
 (single pass, partitioned, decoding workers), and the pretraining loader at paper sizes.
 
     .venv/bin/python benchmarks/data_loading.py [--workers 0 2] [--repeat 4] [--scale 4]
-        [--sections loading convert parts loader]
+        [--sections loading convert parts loader device] [--device cpu|cuda] [--gpu-rates 1000 2000 4000]
 
 1. samples/s: ``ZarrDataset`` over a converted store versus a Dataset that opens the sample's GeoTIFFs with rasterio
    in ``__getitem__`` (SEN12MS: the s1 and s2 file; BigEarthNet: 12 S2 band files resampled to the 10 m grid, the
@@ -21,7 +21,12 @@
    random horizontal and vertical flips, per-band normalisation; from the Zarr store, from the GeoTIFFs, and a no-op
    ceiling (ready tensors); plus the Zarr path returning raw tiles (crop and normalisation left to the GPU:
    ``xgeo.data.device.crop_normalize``, whose cost is timed here on the CPU for reference). The crop and flips of the
-   CPU paths are torch ops of this script (``crop_pair``), not xgeo.pretrain's.
+   CPU paths are torch ops of this script (``crop_pair``), not xgeo.pretrain's; then xgeo.pretrain's own loader
+   (``StepData``, SEN12MS pair, batch 8) per worker with ``pretrain.augment_on`` loader and device.
+5. ``device``: ``StepData`` at Table 11's per-GPU batch over tiles held in memory (``MemoryTiles``: no decoding, only
+   torch and numpy needed): the loader's CPU cost per sample in each ``augment_on`` mode, the device mode's work on
+   ``--device`` (copy of the raw batch + ``StepData.finish``), the largest difference between the two modes' images,
+   and the workers a GPU needs at each of ``--gpu-rates``.
 
 Raw data comes from ``xgeo.data.synth`` at the scale set here (tile-sized patches, so one file set = one sample).
 """
@@ -586,7 +591,7 @@ def bench_device(tmp: Path, args) -> None:
     for rate in args.gpu_rates:
         print(f"  at {rate:.0f} samples/s: augment_on loader {math.ceil(rate / cpu['loader'])}, "
               f"device {math.ceil(rate / cpu['device'])} (device work {100 * rate * (copy_ms + finish_ms) / 1e3 / per_step:.1f} % "
-              f"of the GPU's time)")
+              f"of the device's time)")
 
 
 def main() -> None:
