@@ -579,8 +579,9 @@ def bench_device(tmp: Path, args) -> None:
                     assert torch.equal(gb["masks"][key], out[g]["masks"][key].cpu())
     copy_ms, finish_ms = 1e3 * float(np.median(copy_s)), 1e3 * float(np.median(finish_s))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
-    print(f"\nxgeo.pretrain StepData at Table 11's per-GPU batch ({per_step} samples, 216 images: 128 RGB 256 px, 32 SEN12MS s1+s2 "
-          f"256 px, 12 MDAS RGB+DSM 384 px -> 192 px), tiles from memory (no decoding)")
+    images = sum(b * len(next(iter(members.values()))) for b, members in TABLE11.values())
+    print(f"\nxgeo.pretrain StepData at Table 11's per-GPU batch ({per_step} samples, {images} images: 128 RGB 256 px, "
+          f"32 SEN12MS s1+s2 256 px, 12 MDAS RGB+DSM 384 px -> 192 px), tiles from memory (no decoding)")
     print(f"{'augment_on':<10} {'loader: samples per CPU s (one worker)':>40} {'device work on ' + name:>44}")
     print(f"{'loader':<10} {cpu['loader']:>40.0f} {'-':>44}")
     dev_txt = (f"copy {copy_ms:.2f} ms + finish {finish_ms:.2f} ms per step = "
@@ -590,8 +591,8 @@ def bench_device(tmp: Path, args) -> None:
     print("workers one GPU needs (ceil(GPU consumption / per-worker rate); decoding not included here):")
     for rate in args.gpu_rates:
         print(f"  at {rate:.0f} samples/s: augment_on loader {math.ceil(rate / cpu['loader'])}, "
-              f"device {math.ceil(rate / cpu['device'])} (device work {100 * rate * (copy_ms + finish_ms) / 1e3 / per_step:.1f} % "
-              f"of the device's time)")
+              f"device {math.ceil(rate / cpu['device'])} (device work "
+              f"{100 * rate * (copy_ms + finish_ms) / 1e3 / per_step:.1f} % of the device's time)")
 
 
 def main() -> None:

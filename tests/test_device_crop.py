@@ -170,3 +170,14 @@ def test_pretraining_in_both_modes_gives_the_same_losses(load, stores, tmp_path)
     for a, b in zip(losses["loader"], losses["device"]):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
     assert losses["device"][0] != losses["device"][1]  # it trains: the batches and weights change between steps
+
+
+def test_a_run_resumes_across_augment_on():
+    """augment_on changes where the batches are made, not what they are: a checkpoint of either mode (or of before the
+    key existed) resumes in the other; a key that changes the computation still blocks."""
+    from xgeo.pretrain.state import config_diff
+
+    saved = {"seed": 0, "pretrain": {"mask_ratio": 0.6}}
+    assert config_diff(saved, {"seed": 0, "pretrain": {"mask_ratio": 0.6, "augment_on": "device"}}) == []
+    assert config_diff(saved, {"seed": 0, "pretrain": {"mask_ratio": 0.5, "augment_on": "device"}}) == [
+        "pretrain.mask_ratio"]
