@@ -102,6 +102,8 @@ def test_device_mode_gives_the_loader_batches(load, stores):
             assert "images" not in gb
             for part in gb["raw"]["parts"].values():
                 dtypes |= {str(t.dtype) for t in part["tiles"].values()}
+                if len(part["boxes"]) == 2:  # a pair (tiles of one size here): one window for both images
+                    assert torch.equal(*part["boxes"].values())
                 sizes |= {int(b[:, 2].max()) for b in part["boxes"].values()} | {
                     int(b[:, 2].min()) for b in part["boxes"].values()}
         b = device.finish(raw)
