@@ -2,7 +2,7 @@
 (single pass, partitioned, decoding workers), and the pretraining loader at paper sizes.
 
     .venv/bin/python benchmarks/data_loading.py [--workers 0 2] [--repeat 4] [--scale 4]
-        [--sections loading convert parts loader]
+        [--sections loading convert parts loader device] [--device cpu|cuda] [--gpu-rates 1000 2000 4000]
 
 1. samples/s: ``ZarrDataset`` over a converted store versus a Dataset that opens the sample's GeoTIFFs with rasterio
    in ``__getitem__`` (SEN12MS: the s1 and s2 file; BigEarthNet: 12 S2 band files resampled to the 10 m grid, the
@@ -21,7 +21,12 @@
    random horizontal and vertical flips, per-band normalisation; from the Zarr store, from the GeoTIFFs, and a no-op
    ceiling (ready tensors); plus the Zarr path returning raw tiles (crop and normalisation left to the GPU:
    ``xgeo.data.device.crop_normalize``, whose cost is timed here on the CPU for reference). The crop and flips of the
-   CPU paths are torch ops of this script (``crop_pair``), not xgeo.pretrain's.
+   CPU paths are torch ops of this script (``crop_pair``), not xgeo.pretrain's; then xgeo.pretrain's own loader
+   (``StepData``, SEN12MS pair, batch 8) per worker with ``pretrain.augment_on`` loader and device.
+5. ``device``: ``StepData`` at Table 11's per-GPU batch over tiles held in memory (``MemoryTiles``: no decoding, only
+   torch and numpy needed): the loader's CPU cost per sample in each ``augment_on`` mode, the device mode's work on
+   ``--device`` (copy of the raw batch + ``StepData.finish``), the largest difference between the two modes' images,
+   and the workers a GPU needs at each of ``--gpu-rates``.
 
 Raw data comes from ``xgeo.data.synth`` at the scale set here (tile-sized patches, so one file set = one sample).
 """
@@ -43,14 +48,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xgeo.catalog import get_dataset  # noqa: E402
-from xgeo.config import load_params  # noqa: E402
-from xgeo.data.convert import SPLIT_NAMES, convert, merge  # noqa: E402
-from xgeo.data.dataset import ZarrDataset  # noqa: E402
 from xgeo.data.device import random_boxes  # noqa: E402
-from xgeo.data.readers import read_raster, resize  # noqa: E402
-from xgeo.data.store import ChunkReader, open_store  # noqa: E402
-from xgeo.data.synth import synthesize  # noqa: E402
+
+
+def _store_imports() -> None:
+    """The store and GeoTIFF machinery (zarr, rasterio, jsonschema), imported by the sections that use it: the
+    ``device`` section needs only torch and numpy (so it runs on a bare GPU machine)."""
+    global get_dataset, load_params, SPLIT_NAMES, convert, merge, ZarrDataset, read_raster, resize, ChunkReader
+    global open_store, synthesize
+    from xgeo.catalog import get_dataset
+    from xgeo.config import load_params
+    from xgeo.data.convert import SPLIT_NAMES, convert, merge
+    from xgeo.data.dataset import ZarrDataset
+    from xgeo.data.readers import read_raster, resize
+    from xgeo.data.store import ChunkReader, open_store
+    from xgeo.data.synth import synthesize
 
 
 class GeoTiffDataset(torch.utils.data.Dataset):
@@ -343,8 +355,30 @@ class Clock:
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def store_step_data(store: Path, augment_on: str, batch: int = 8):
+    """xgeo.pretrain.data.StepData reading the SEN12MS s1 + s2 pair of a store (batch 8 a step), as pretraining does."""
+    from xgeo.pretrain.data import GroupLayout, StepData
+    from xgeo.pretrain.sampler import Group, PretrainSampler
+
+    ds = ZarrDataset(store, modalities=["s1", "s2"], split=None, raw=augment_on == "device")
+    sampler = PretrainSampler([Group("sen12ms", ("sen12ms",), (len(ds),), batch)], seed=0)
+    layout = GroupLayout("sen12ms", {"s1": "s1", "s2": "s2"}, {"s1": "s2", "s2": "s1"})
+    return StepData(sampler, {"sen12ms": ds}, {"sen12ms": layout}, 32, 4, 0.6, 0.5, 0, 0, sampler.steps_per_epoch,
+                    img_size=192, crop=PAPER_CROP, augment_on=augment_on)
+
+
+def per_step_worker(data, repeat: int) -> float:
+    """Samples per CPU second of one process making StepData's step batches (what one DataLoader worker makes)."""
+    data[0]
+    n, t0 = 0, time.process_time()
+    for _ in range(repeat):
+        for step in range(len(data)):
+            n += sum(gb["count"] for gb in data[step].values())
+    return n / (time.process_time() - t0)
+
+
 def bench_loader(tmp: Path, args) -> None:
-    rows = []
+    rows, steps_rows = [], []
     for px in (256, 384):
         params = _sen12ms_params(1, size=px, tile=px, patches=8)
         raw, store = tmp / f"loader{px}", tmp / f"loader{px}.zarr"
@@ -383,6 +417,10 @@ def bench_loader(tmp: Path, args) -> None:
         r_raw = per_worker(RawTiles(store), args.repeat)
         r_ready = per_worker(ready, args.repeat)
         r_crop = per_worker(Augmented(ReadyTensors(zds[0], len(zds)), aug), args.repeat)  # crop + flips alone
+        # xgeo.pretrain's own loader (StepData: params.yaml's crop, horizontal flip, masks) in each augment_on mode
+        r_steps = {(mode, s.name): per_step_worker(store_step_data(s, mode), args.repeat)
+                   for mode in ("loader", "device") for s in (store, plain)}
+        steps_rows.append((px, r_steps))
         rows.append((px, len(zds), r_tif, r_zarr, r_first, r_raw, r_crop, r_ready, r_plain, r_plain_raw, disk, r_device_cpu))
     print("\npretraining loader per worker process (SEN12MS s1 + s2 pair, RandomResizedCrop to 192, flips, "
           "normalisation; samples per CPU second of one process)")
@@ -392,6 +430,14 @@ def bench_loader(tmp: Path, args) -> None:
     for px, n, t, z, f, r, c, ready, u, ur, disk, dev in rows:
         print(f"{px:>7} {n:>7} {t:>8.0f} {z:>8.0f} {f:>16.0f} {u:>13.0f} {max(z, f, u) / t:>12.1f}x {r:>10.0f} "
               f"{ur:>14.0f} {c:>15.0f} {ready:>9.0f} {disk:>13.2f}x {dev:>19.0f}")
+    print("xgeo.pretrain's StepData (SEN12MS pair, batch 8, params.yaml crop scale 0.67-1, horizontal flip, masks), "
+          "samples per CPU second of one process:")
+    print(f"{'tile px':>7} {'augment_on loader':>18} {'loader, uncompr.':>17} {'augment_on device':>18} "
+          f"{'device, uncompr.':>17}")
+    for px, r in steps_rows:
+        names = sorted({name for _, name in r}, key=lambda n: "plain" in n)
+        print(f"{px:>7} {r[('loader', names[0])]:>18.0f} {r[('loader', names[1])]:>17.0f} "
+              f"{r[('device', names[0])]:>18.0f} {r[('device', names[1])]:>17.0f}")
     print("workers one GPU needs (GPU consumption / per-worker rate):")
     for rate in (1000, 2000, 4000):
         need = "; ".join(f"{px} px: crop first {math.ceil(rate / f)} (uncompressed {math.ceil(rate / u)}), raw tiles "
@@ -400,15 +446,170 @@ def bench_loader(tmp: Path, args) -> None:
         print(f"  at {rate} samples/s: {need}")
 
 
+# ------------------------------------------------------------ 5. xgeo.pretrain's loader: augment_on loader | device
+PAPER_CROP = {"scale": [0.67, 1.0], "ratio": [0.75, 1.333]}  # params.yaml pretrain.crop
+TABLE11 = {  # overlays/paper.yaml per-GPU batch: group -> (batch, {dataset: {key: (sensor, bands, tile px)}})
+    "rgb": (128, {"geopile": {"rgb": ("rgb", 3, 256)}, "millionaid": {"rgb": ("rgb", 3, 256)}}),
+    "sen12ms": (32, {"sen12ms": {"s1": ("s1", 2, 256), "s2": ("s2", 13, 256)}}),
+    "mdas": (12, {"mdas": {"rgb": ("rgb", 3, 384), "dsm": ("dsm", 1, 384)}}),
+}
+
+
+class MemoryTiles(torch.utils.data.Dataset):
+    """Stored tiles held in memory, with what StepData reads of a ZarrDataset (``ds[i] -> {key: tile}``, ``stats``,
+    ``modalities``, ``normalize``): raw (native dtype) or loaded (value convention, nodata -> band mean, per-band
+    normalisation: ZarrDataset.load's steps), so that a timing is the augmentation's alone, without decoding."""
+
+    def __init__(self, tiles: dict[str, np.ndarray], sensors: dict[str, str], raw: bool):
+        from xgeo.sensors import SENSORS
+
+        self.tiles, self.raw, self.normalize = tiles, raw, True
+        self.modalities = {k: {"sensor": s} for k, s in sensors.items()}
+        self._sensor = {k: SENSORS[s] for k, s in sensors.items()}
+        self._mean = {k: np.nan_to_num(np.nanmean(t, axis=(0, 2, 3), dtype=np.float64)).astype(np.float32)
+                      for k, t in tiles.items()}
+        self._std = {k: np.maximum(np.nan_to_num(np.nanstd(t, axis=(0, 2, 3), dtype=np.float64)), 1e-6)
+                     .astype(np.float32) for k, t in tiles.items()}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tiles.values())))
+
+    def stats(self, key: str):
+        return self._mean[key].copy(), self._std[key].copy()
+
+    def __getitem__(self, i: int) -> dict:
+        from xgeo.data.stats import apply_value_convention
+
+        out = {}
+        for k, t in self.tiles.items():
+            if self.raw:
+                out[k] = torch.from_numpy(t[i].copy())
+                continue
+            x, valid = apply_value_convention(t[i], self._sensor[k])
+            mean = self._mean[k][:, None, None]
+            if valid is not None:
+                np.copyto(x, np.broadcast_to(mean, x.shape), where=~valid)
+            x -= mean
+            x /= self._std[k][:, None, None]
+            out[k] = torch.from_numpy(x)
+        return out
+
+
+def synthetic_tiles(sensor: str, n: int, bands: int, px: int, rng: np.random.Generator) -> np.ndarray:
+    """n tiles in the sensor's stored dtype and range; SAR with NaNs, DSM with nodata, as real ones have."""
+    if sensor == "rgb":
+        return rng.integers(0, 256, (n, bands, px, px), dtype=np.uint8)
+    if sensor == "s2":
+        return rng.integers(0, 10000, (n, bands, px, px), dtype=np.uint16)
+    x = rng.standard_normal((n, bands, px, px), dtype=np.float32)
+    if sensor == "s1":
+        x = -12.0 + 4.0 * x
+        x[:, :, :8, :8] = np.nan
+    else:
+        x = 300.0 + 20.0 * x
+        x[:, :, :8, :8] = -9999.0
+    return x
+
+
+def table11_step_data(augment_on: str, steps: int, groups: dict = TABLE11, img_size: int = 192, seed: int = 0):
+    """StepData of xgeo.pretrain over MemoryTiles at Table 11's per-GPU batch (216 images: 128 RGB at 256 px, 32
+    SEN12MS s1 + s2 pairs at 256 px, 12 MDAS RGB + DSM pairs at 384 px), one batch's worth of tiles per group."""
+    from xgeo.pretrain.data import GroupLayout, StepData
+    from xgeo.pretrain.sampler import Group, PretrainSampler
+
+    rng = np.random.default_rng(seed)
+    datasets, layouts, sgroups = {}, {}, []
+    for g, (batch, members) in groups.items():
+        for ds, keys in members.items():
+            n = -(-batch // len(members))
+            datasets[ds] = MemoryTiles({k: synthetic_tiles(s, n, b, px, rng) for k, (s, b, px) in keys.items()},
+                                       {k: s for k, (s, _, _) in keys.items()}, raw=augment_on == "device")
+        keys = next(iter(members.values()))
+        pairs = list(keys) if len(keys) == 2 else []
+        partner = {pairs[0]: pairs[1], pairs[1]: pairs[0]} if pairs else {}
+        layouts[g] = GroupLayout(g, {k: s for k, (s, _, _) in keys.items()}, partner)
+        sgroups.append(Group(g, tuple(members), tuple(len(datasets[d]) for d in members), batch))
+    sampler = PretrainSampler(sgroups, seed=seed)
+    return StepData(sampler, datasets, layouts, 32, 4, 0.6, 0.5, seed, 0, steps, img_size=img_size,
+                    crop=PAPER_CROP, augment_on=augment_on)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_device(tmp: Path, args) -> None:
+    """xgeo.pretrain.data.StepData at Table 11's per-GPU batch, tiles from memory: CPU cost per sample of the
+    loader in each augment_on mode (what a DataLoader worker spends, decoding excluded), the device mode's work on
+    ``--device`` (copy of the raw batch, StepData.finish), and the largest difference of the two modes' images."""
+    from xgeo.pretrain.data import to_device
+
+    device = torch.device(args.device)
+    steps = max(3, args.repeat)
+    loader, dev = table11_step_data("loader", steps + 2), table11_step_data("device", steps + 2)
+    per_step = sum(b for b, _ in TABLE11.values())
+    cpu = {}
+    for name, data in (("loader", loader), ("device", dev)):
+        data[0]
+        t0 = time.process_time()
+        for step in range(1, steps + 1):
+            data[step]
+        cpu[name] = steps * per_step / (time.process_time() - t0)
+    worst, copy_s, finish_s = 0.0, [], []
+    clock = time.perf_counter if device.type == "cuda" else time.process_time  # CPU: CPU time (shared machine)
+    for step in range(steps + 2):
+        raw = dev[step]
+        _sync(device)
+        t0 = clock()
+        moved = to_device(raw, device)
+        _sync(device)
+        t1 = clock()
+        out = dev.finish(moved)
+        _sync(device)
+        t2 = clock()
+        if step >= 2:  # the first two: warm-up (CUDA context, kernels, allocator)
+            copy_s.append(t1 - t0)
+            finish_s.append(t2 - t1)
+        if step < 2:
+            ref = loader[step]
+            for g, gb in ref.items():
+                for key, x in gb["images"].items():
+                    worst = max(worst, float((x - out[g]["images"][key].cpu()).abs().max()))
+                    assert torch.equal(gb["masks"][key], out[g]["masks"][key].cpu())
+    copy_ms, finish_ms = 1e3 * float(np.median(copy_s)), 1e3 * float(np.median(finish_s))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    images = sum(b * len(next(iter(members.values()))) for b, members in TABLE11.values())
+    print(f"\nxgeo.pretrain StepData at Table 11's per-GPU batch ({per_step} samples, {images} images: 128 RGB 256 px, "
+          f"32 SEN12MS s1+s2 256 px, 12 MDAS RGB+DSM 384 px -> 192 px), tiles from memory (no decoding)")
+    print(f"{'augment_on':<10} {'loader: samples per CPU s (one worker)':>40} {'device work on ' + name:>44}")
+    print(f"{'loader':<10} {cpu['loader']:>40.0f} {'-':>44}")
+    dev_txt = (f"copy {copy_ms:.2f} ms + finish {finish_ms:.2f} ms per step = "
+               f"{per_step / ((copy_ms + finish_ms) / 1e3):.0f} samples/s")
+    print(f"{'device':<10} {cpu['device']:>40.0f} {dev_txt:>44}")
+    print(f"largest |loader - device| over the images of 2 steps: {worst:.2e} (normalised units); masks equal")
+    print("workers one GPU needs (ceil(GPU consumption / per-worker rate); decoding not included here):")
+    for rate in args.gpu_rates:
+        print(f"  at {rate:.0f} samples/s: augment_on loader {math.ceil(rate / cpu['loader'])}, "
+              f"device {math.ceil(rate / cpu['device'])} (device work "
+              f"{100 * rate * (copy_ms + finish_ms) / 1e3 / per_step:.1f} % of the device's time)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--repeat", type=int, default=4, help="passes over the train split per measurement")
     ap.add_argument("--scale", type=int, default=4, help="SEN12MS scenes per season of the smaller conversion")
     ap.add_argument("--sections", nargs="+", default=["loading", "convert", "parts", "loader"],
-                    choices=["loading", "convert", "parts", "loader"])
+                    choices=["loading", "convert", "parts", "loader", "device"])
+    ap.add_argument("--device", default="cpu", help="where the device sections time the augment_on: device work "
+                    "(StepData.finish: crop, resize, normalisation of raw tiles); e.g. cuda")
+    ap.add_argument("--gpu-rates", type=float, nargs="+", default=[1000, 2000, 4000],
+                    help="samples/s a GPU consumes, for the workers-per-GPU lines")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if set(args.sections) - {"device"}:
+        _store_imports()
     tmp = Path(tempfile.mkdtemp(prefix="xgeo-bench-"))
     try:
         for name in args.sections:

@@ -8,6 +8,9 @@ per-band normalisation with the store's statistics, a RandomResizedCrop window (
 fraction ``scale``, log-uniform aspect ``ratio``) resized bilinearly to ``size`` x ``size``, and random horizontal and
 vertical flips: the same result as :class:`~xgeo.data.dataset.ZarrDataset` with a crop hook followed by a bilinear
 resize (``align_corners=False``, no antialiasing) and flips, as one ``grid_sample`` per modality for the whole batch.
+With ``antialias=True`` the resize is instead :func:`crop_resize`: ``F.interpolate(..., antialias=True)`` of each
+window (what ``xgeo.pretrain.data.resized_crop`` does on the CPU), as two batched matrix products per modality.
+Pretraining's ``pretrain.augment_on: device`` uses that form, with the boxes and flips its loader drew.
 """
 from __future__ import annotations
 
@@ -53,6 +56,40 @@ def _grid(boxes: torch.Tensor, flips: torch.Tensor, h: int, w: int, size: int, d
     return torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
 
 
+def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, size: int, device=None) -> torch.Tensor:
+    """(n, size, in_size) float32 rows resampling the windows [start, start + length) of an axis of ``in_size`` pixels
+    to ``size`` pixels: PyTorch's antialiased bilinear filter (``F.interpolate(..., mode="bilinear",
+    align_corners=False, antialias=True)`` of the window): a triangle of half-width max(1, length / size) input pixels
+    around each output pixel's centre, cut to the window and normalised to sum 1. Upsampling (and length == size)
+    gives plain bilinear interpolation with the edges clamped, as without antialiasing."""
+    start = start.to(device=device, dtype=torch.float64)[:, None, None]
+    length = length.to(device=device, dtype=torch.float64)[:, None, None]
+    scale = length / size
+    support = scale.clamp(min=1.0)
+    centre = scale * (torch.arange(size, device=device, dtype=torch.float64)[None, :, None] + 0.5)
+    j = torch.arange(in_size, device=device, dtype=torch.float64)[None, None, :] - start  # input pixel in the window
+    w = (1 - ((j + 0.5 - centre) / support).abs()).clamp(min=0)
+    w = torch.where((j >= 0) & (j < length), w, torch.zeros((), dtype=w.dtype, device=w.device))
+    return (w / w.sum(-1, keepdim=True)).float()
+
+
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """x float (n, C, H, W) -> (n, C, size, size): window ``boxes[i]`` (top, left, height, width in pixels) of image
+    i resized with the antialiased bilinear filter (:func:`resize_weights`), flipped horizontally where
+    ``flips[i, 0]``, vertically where ``flips[i, 1]``. Equals ``F.interpolate(x[i:i+1, :, t:t+h, l:l+w], (size,
+    size), mode="bilinear", align_corners=False, antialias=True)`` per image up to float rounding, for the whole
+    batch in two batched matrix products (separable filter: rows W_y (size, H), columns W_x (size, W))."""
+    n, _, h, w = x.shape
+    boxes = boxes.to(x.device)
+    wy = resize_weights(boxes[:, 0], boxes[:, 2], h, size, x.device)
+    wx = resize_weights(boxes[:, 1], boxes[:, 3], w, size, x.device)
+    flips = flips.to(x.device).bool()
+    wx = torch.where(flips[:, 0, None, None], wx.flip(1), wx)
+    wy = torch.where(flips[:, 1, None, None], wy.flip(1), wy)
+    y = torch.matmul(wy[:, None], x)  # (n, 1, S, H) @ (n, C, H, W) -> (n, C, S, W)
+    return torch.matmul(y, wx.transpose(1, 2)[:, None])  # (n, C, S, W) @ (n, 1, W, S) -> (n, C, S, S)
+
+
 def convention_normalize(x: torch.Tensor, sensor: str, mean: torch.Tensor, std: torch.Tensor | None) -> torch.Tensor:
     """Raw tiles (n, C, H, W) in the sensor's dtype -> float32: value convention, nodata -> band mean, then
     (x - mean) / std when ``std`` is given."""
@@ -61,7 +98,7 @@ def convention_normalize(x: torch.Tensor, sensor: str, mean: torch.Tensor, std: 
     mean = mean.to(y.device, torch.float32)[None, :, None, None]
     invalid = torch.zeros_like(y, dtype=torch.bool)
     if s.nodata is not None:
-        invalid |= x == s.nodata
+        invalid |= y == s.nodata  # on the float32 copy: exact for the stored integer types, and no uint16 compare
     if s.nan_value is not None:
         y = torch.nan_to_num(y, nan=s.nan_value, posinf=s.valid_range[1] if s.valid_range else None,
                              neginf=s.valid_range[0] if s.valid_range else None)
@@ -75,11 +112,14 @@ def convention_normalize(x: torch.Tensor, sensor: str, mean: torch.Tensor, std: 
 
 
 def crop_normalize(batch: dict, dataset, size: int, generator: torch.Generator | None = None,
-                   keys=None, boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None) -> dict:
+                   keys=None, boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None,
+                   antialias: bool = False) -> dict:
     """Raw-tile batch {key: (n, C, H, W)} of ``ZarrDataset(..., raw=True)`` (on any device) -> {key: float32
     (n, C, size, size)}: convention, normalisation (when the dataset normalises), one RandomResizedCrop window and
     one flip pair per sample shared by all ``keys`` (default: the dataset's modalities). boxes (n, 4) and flips
-    (n, 2) bool may be given (else drawn from ``generator`` on the CPU)."""
+    (n, 2) bool may be given (else drawn from ``generator`` on the CPU). ``antialias``: resize with
+    :func:`crop_resize` (antialiased when shrinking, as torchvision and the pretraining loader) instead of one
+    ``grid_sample`` (plain bilinear)."""
     keys = list(dataset.keys if keys is None else keys)
     n, _, h, w = batch[keys[0]].shape
     boxes = random_boxes(n, h, w, generator) if boxes is None else boxes
@@ -93,6 +133,9 @@ def crop_normalize(batch: dict, dataset, size: int, generator: torch.Generator |
                              f"{tuple(x.shape[-2:])}")
         mean, std = (torch.as_tensor(v) for v in dataset.stats(k))
         y = convention_normalize(x, dataset.modalities[k]["sensor"], mean, std if dataset.normalize else None)
+        if antialias:
+            out[k] = crop_resize(y, boxes, flips, size)
+            continue
         if grid is None:
             grid = _grid(boxes, flips, h, w, size, y.device)
         out[k] = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)

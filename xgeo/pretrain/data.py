@@ -8,6 +8,13 @@
   the SAME box (in fractions of the tile, so sensors of different pixel sizes stay aligned) and the same flip.
   A tile smaller than the input is enlarged by the resize (no padding); ``crop: null`` resizes the whole tile;
 - a SimMIM mask per image (independent for the two images of a pair) and the cross-sensor choice of each pair.
+
+``pretrain.augment_on`` says where the crop, resize, value convention and normalisation run: ``loader`` (default)
+in the DataLoader workers, ``device`` on the training device. With ``device`` the loader reads raw stored tiles
+(``ZarrDataset(..., raw=True)``: native dtype) and draws the same boxes and flips from the same stream;
+``StepData.finish`` then makes the images on the device (``xgeo.data.device.crop_normalize`` with the antialiased
+resize of :func:`resized_crop`), so both modes give the same batches up to float rounding, and a worker does a
+fraction of the work (benchmarks/README.md, "pretraining loader").
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.device import crop_normalize
 from ..errors import DataError, TrainingError, XGeoError
 from ..sensors import get_sensor
 from .masking import MaskGenerator, choose_cross
@@ -148,12 +156,15 @@ def crop_box(rng: np.random.Generator, scale: Sequence[float], ratio: Sequence[f
     return (1 - h) / 2, (1 - w) / 2, h, w
 
 
+def pixel_box(box: tuple[float, float, float, float], H: int, W: int) -> tuple[int, int, int, int]:
+    """A box in fractions of an H x W image -> whole pixels (top, left, height, width), at least 1 x 1, inside."""
+    top, left = int(round(box[0] * H)), int(round(box[1] * W))
+    return top, left, max(1, min(H - top, int(round(box[2] * H)))), max(1, min(W - left, int(round(box[3] * W))))
+
+
 def resized_crop(img: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
     """img (C, H, W) -> the box (fractions of the image, rounded to whole pixels) resized to (C, size, size)."""
-    H, W = img.shape[-2:]
-    top, left = int(round(box[0] * H)), int(round(box[1] * W))
-    h = max(1, min(H - top, int(round(box[2] * H))))
-    w = max(1, min(W - left, int(round(box[3] * W))))
+    top, left, h, w = pixel_box(box, *img.shape[-2:])
     part = img[:, top: top + h, left: left + w]
     if (h, w) == (size, size):
         return part.clone()
@@ -163,6 +174,9 @@ def resized_crop(img: torch.Tensor, box: tuple[float, float, float, float], size
 
 
 # ----------------------------------------------------------------------------------------------- step batches
+AUGMENT_ON = ("loader", "device")  # pretrain.augment_on: where the crop, resize and normalisation run
+
+
 class NonFiniteInput(TrainingError):
     """A step's normalised images hold NaN or inf (raised while loading, before the model sees them)."""
 
@@ -173,11 +187,14 @@ class StepData(torch.utils.data.Dataset):
     ``{group: {"images": {key: (B, C, S, S)}, "masks": {key: (B, S/p, S/p) uint8},
                "cross": {key: (B,) bool}, "count": B}}``, S = ``img_size`` (the model's input). Deterministic in
     (seed, step, rank). ``crop``: {"scale": [lo, hi], "ratio": [lo, hi]} or None (the whole tile, resized).
+    ``augment_on="device"``: ``datasets`` return raw tiles and a group batch carries them instead of "images":
+    ``"raw": {"parts": raw_batch(...), "step", "items"}``; :meth:`finish` turns it into the same batch on the
+    training device.
     """
 
     def __init__(self, sampler: PretrainSampler, datasets: dict[str, Any], layouts: dict[str, GroupLayout],
                  mask_patch: int, patch_size: int, mask_ratio: float, cross_ratio: float, seed: int, rank: int,
-                 total_steps: int, img_size: int, crop: dict | None = None) -> None:
+                 total_steps: int, img_size: int, crop: dict | None = None, augment_on: str = "loader") -> None:
         self.sampler = sampler
         self.datasets = datasets
         self.layouts = layouts
@@ -194,14 +211,21 @@ class StepData(torch.utils.data.Dataset):
         self.cross_ratio = cross_ratio
         self.seed, self.rank = seed, rank
         self.total_steps = total_steps
+        if augment_on not in AUGMENT_ON:
+            raise XGeoError(f"params pretrain.augment_on: expected one of {list(AUGMENT_ON)}, found {augment_on!r}")
+        self.augment_on = augment_on
 
     def __len__(self) -> int:
         return self.total_steps
 
+    def draw(self, rng: np.random.Generator) -> tuple[tuple[float, float, float, float], bool]:
+        """A sample's crop box (fractions) and horizontal flip: the draws of both ``augment_on`` modes."""
+        box = crop_box(rng, **self.crop) if self.crop is not None else (0.0, 0.0, 1.0, 1.0)
+        return box, bool(rng.random() < 0.5)  # SimMIM's random horizontal flip
+
     def augment(self, rng: np.random.Generator, sample: dict, keys: Sequence[str]) -> dict:
         """One crop box and one flip for every image of a sample (co-located images stay aligned)."""
-        box = crop_box(rng, **self.crop) if self.crop is not None else (0.0, 0.0, 1.0, 1.0)
-        flip = rng.random() < 0.5  # SimMIM's random horizontal flip
+        box, flip = self.draw(rng)
         out = {}
         for key in keys:
             img = resized_crop(sample[key], box, self.img_size)
@@ -214,19 +238,69 @@ class StepData(torch.utils.data.Dataset):
         out = {}
         for gname, items in self.sampler.batch(int(step)).items():
             layout = self.layouts[gname]
-            samples = [self.augment(rng, self.datasets[ds][i], list(layout.sensors)) for ds, i in items]
-            n = len(samples)
-            images = {key: torch.stack([s[key] for s in samples]) for key in layout.sensors}
-            for key, img in images.items():
-                if not bool(torch.isfinite(img).all()):
-                    raise NonFiniteInput(
-                        f"step {int(step) + 1}: non-finite input for sensor {layout.sensors[key]!r} (group {gname!r}, "
-                        f"modality {key!r} of samples {items})")
-            masks = {key: torch.from_numpy(self.maskgen(rng, n)) for key in images}  # independent per sensor
+            n = len(items)
+            if self.augment_on == "device":
+                gb = {"raw": {"parts": self.raw_batch(items, [self.draw(rng) for _ in items], list(layout.sensors)),
+                              "step": int(step), "items": items}}
+            else:
+                samples = [self.augment(rng, self.datasets[ds][i], list(layout.sensors)) for ds, i in items]
+                gb = {"images": {key: torch.stack([s[key] for s in samples]) for key in layout.sensors}}
+                _check_finite(gb["images"], int(step), gname, layout, items)
+            masks = {key: torch.from_numpy(self.maskgen(rng, n)) for key in layout.sensors}  # independent per sensor
             cross = {key: torch.from_numpy(choose_cross(rng, n, self.cross_ratio))
-                     for key in images if key in layout.partner}
-            out[gname] = {"images": images, "masks": masks, "cross": cross, "count": n}
+                     for key in layout.sensors if key in layout.partner}
+            out[gname] = {**gb, "masks": masks, "cross": cross, "count": n}
         return out
+
+    def raw_batch(self, items: Sequence[tuple[str, int]], draws: Sequence[tuple], keys: Sequence[str]) -> dict:
+        """``augment_on: device``: the raw tiles of a group batch, per dataset (datasets of a group may store other
+        tile sizes and dtypes): {dataset: {"positions": (m,) places in the batch, "flips": (m,) bool,
+        "tiles": {key: (m, C, H, W) native dtype}, "boxes": {key: (m, 4) int64 pixel windows of each key's
+        tiles}}}, the boxes cut as :func:`resized_crop` cuts them."""
+        parts: dict[str, list[int]] = {}
+        for pos, (ds, _) in enumerate(items):
+            parts.setdefault(ds, []).append(pos)
+        out = {}
+        for ds, positions in parts.items():
+            samples = [self.datasets[ds][items[p][1]] for p in positions]
+            tiles = {key: torch.stack([s[key] for s in samples]) for key in keys}
+            boxes = {key: torch.tensor([pixel_box(draws[p][0], *t.shape[-2:]) for p in positions], dtype=torch.int64)
+                     for key, t in tiles.items()}
+            out[ds] = {"positions": torch.tensor(positions, dtype=torch.int64), "tiles": tiles, "boxes": boxes,
+                       "flips": torch.tensor([draws[p][1] for p in positions], dtype=torch.bool)}
+        return out
+
+    def finish(self, batch: dict) -> dict:
+        """A step batch on the training device -> the batch the objective reads. ``augment_on: loader``: itself.
+        ``device``: each group's "raw" tiles -> "images" {key: float32 (B, C, S, S)}: value convention and
+        normalisation with each dataset's statistics, the drawn window resized (antialiased when shrinking, as
+        :func:`resized_crop`) and flipped, on the device the tiles are on; raises NonFiniteInput as the loader
+        does."""
+        if self.augment_on != "device":
+            return batch
+        out = {}
+        for gname, gb in batch.items():
+            layout = self.layouts[gname]
+            images: dict[str, torch.Tensor] = {}
+            for ds, part in gb["raw"]["parts"].items():
+                flips = torch.stack([part["flips"], torch.zeros_like(part["flips"])], dim=1)  # horizontal only
+                for key in layout.sensors:
+                    y = crop_normalize({key: part["tiles"][key]}, self.datasets[ds], self.img_size, keys=[key],
+                                       boxes=part["boxes"][key], flips=flips, antialias=True)[key]
+                    if key not in images:
+                        images[key] = y.new_empty((gb["count"], *y.shape[1:]))
+                    images[key][part["positions"]] = y
+            _check_finite(images, gb["raw"]["step"], gname, layout, gb["raw"]["items"])
+            out[gname] = {k: v for k, v in gb.items() if k != "raw"} | {"images": images}
+        return out
+
+
+def _check_finite(images: dict, step: int, gname: str, layout: GroupLayout, items) -> None:
+    for key, img in images.items():
+        if not bool(torch.isfinite(img).all()):
+            raise NonFiniteInput(
+                f"step {step + 1}: non-finite input for sensor {layout.sensors[key]!r} (group {gname!r}, "
+                f"modality {key!r} of samples {items})")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

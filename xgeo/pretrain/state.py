@@ -19,7 +19,8 @@ from . import distributed as dist_utils
 CKPT_NAME = "last.ckpt"
 # keys that may change between a run and its resume (how long and how it runs, not what it computes)
 RESUMABLE_KEYS = {"pretrain.steps", "pretrain.epochs", "pretrain.checkpoint_every", "pretrain.log_every",
-                  "pretrain.num_workers", "pretrain.compile"}
+                  "pretrain.num_workers", "pretrain.compile",
+                  "pretrain.augment_on"}  # loader | device: the same batches up to float rounding
 # sections of params that define what a run computes; a resume must match them
 CONFIG_SECTIONS = ("seed", "model.", "pretrain.", "data.pretrain")
 REQUIRED = ("model", "params", "step", "optimizer", "scheduler", "sampler", "rng")

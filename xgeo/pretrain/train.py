@@ -111,7 +111,9 @@ def _run(params, out, stores, layouts, ckpt, info, steps, checkpoint_every, on_s
         except RuntimeError as exc:
             raise CheckpointError(f"{out / CKPT_NAME}: model weights do not fit this model ({exc})") from None
 
-    datasets = {ds: ZarrDataset(stores[ds]["path"], modalities=list(layouts[g].sensors), split=None)
+    augment_on = cfg.get("augment_on", "loader")  # device: the loader returns raw tiles, finished on `device`
+    datasets = {ds: ZarrDataset(stores[ds]["path"], modalities=list(layouts[g].sensors), split=None,
+                                raw=augment_on == "device")
                 for g, c in cfg["groups"].items() for ds in c["datasets"]}
     groups = [Group(g, tuple(c["datasets"]), tuple(len(datasets[d]) for d in c["datasets"]), int(c["batch_size"]))
               for g, c in cfg["groups"].items()]
@@ -124,7 +126,7 @@ def _run(params, out, stores, layouts, ckpt, info, steps, checkpoint_every, on_s
     weights = group_weights({g.name: g.batch_size for g in groups})
     data = StepData(sampler, datasets, layouts, int(cfg["mask_patch"]), int(model.config["patch_size"]),
                     float(cfg["mask_ratio"]), float(cfg["cross_ratio"]), seed, info.rank, total_steps,
-                    img_size=model.img_size, crop=cfg.get("crop"))
+                    img_size=model.img_size, crop=cfg.get("crop"), augment_on=augment_on)
 
     objective = make_objective(params, model, layouts, weights)
     backend = params["model"].get("moe", {}).get("backend", "native")
@@ -171,7 +173,7 @@ def _run(params, out, stores, layouts, ckpt, info, steps, checkpoint_every, on_s
         for step in range(start, total_steps):
             # ---- step
             try:
-                batch, problem = to_device(next(batches), device), None
+                batch, problem = data.finish(to_device(next(batches), device)), None
             except NonFiniteInput as exc:  # bad data: stop before the model sees it
                 batch, problem = None, str(exc)
             if batch is not None:
