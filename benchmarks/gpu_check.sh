@@ -6,7 +6,8 @@
 #      Table 5 teachers; demo width and the paper's SwinV2-B + MoE) on CUDA, bf16 autocast (`device: auto`);
 #   3. finetuning on the GPU: BigEarthNet at the paper's shapes (128 px, batch 128) XGeo vs a plain timm SwinV2-B,
 #      (benchmarks/finetune_step.py), then `xgeo finetune bigearthnet` end to end on CUDA (training and evaluation);
-#   4. the pretraining loader's samples/s per worker on the GPU node's cores (benchmarks/data_loading.py).
+#   4. the pretraining loader with the crop and normalisation on the GPU (`pretrain.augment_on: device`) against the
+#      loader path, at Table 11's batch (benchmarks/data_loading.py --sections device).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]       # OUT_DIR default: $OUT, else benchmarks/out/gpu_check
 #
@@ -85,7 +86,7 @@ section finetune_e2e 50 $PY -W ignore -m xgeo.cli finetune bigearthnet --init ra
 cp /tmp/gpu_check_run/run.json "$OUT_DIR/finetune_run.json" 2>/dev/null
 cp /tmp/gpu_check_run/metrics.json "$OUT_DIR/finetune_metrics.json" 2>/dev/null
 
-# 4. the pretraining loader on this node's cores
-section data_loading 40 $PY -W ignore benchmarks/data_loading.py --sections loader --repeat 2
+# 4. the pretraining loader: pretrain.augment_on loader vs device (crop + normalisation on this GPU), Table 11 batch
+section data_loading 40 $PY -W ignore benchmarks/data_loading.py --sections device --device "$DEV" --repeat 3
 
 echo "--- summary"; cat "$SUMMARY"
