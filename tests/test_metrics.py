@@ -279,3 +279,53 @@ def test_sen12ms_cr_target_nodata_mask_from_the_stored_values(load, tmp_path):
     np.testing.assert_array_equal(valid, expect)
     batch = {k: v[None] for k, v in sample.items() if k != "index"}
     np.testing.assert_array_equal(task.valid_mask(batch)[0].numpy(), expect)
+
+
+# -------------------------------------------------------- BigEarthNet literature protocol: best epoch of per-batch AP
+
+def test_bigearthnet_literature_protocol_keeps_the_best_evaluation_and_leaves_training_alone(load, tmp_path):
+    """protocol literature, literature_eval_every 2, 6 steps: the per-batch micro mAP is evaluated at steps 2 and 4
+    (checked against an own evaluation of the network at those steps) and of the final model, the column is their
+    maximum, and the whole-set mAP_micro is bit-identical to the whole_set protocol's run (training untouched)."""
+    from xgeo.data.convert import convert
+    from xgeo.data.synth import synthesize
+    from xgeo.finetune.run import finetune
+    from xgeo.finetune.tasks import get_task
+
+    small = ["data.datasets.bigearthnet.synth.patches={train: 24, val: 16, test: 4}", "mlflow.enabled=false",
+             "finetune.bigearthnet.image_size=32", "finetune.bigearthnet.batch_size=4",
+             "finetune.bigearthnet.warmup_steps=2", "finetune.eval_batch_size=4", f"paths.zarr={tmp_path / 'zarr'}"]
+    params = load(*small)
+    synthesize("bigearthnet", tmp_path / "raw", params, seed=0)
+    convert("bigearthnet", tmp_path / "raw", tmp_path / "zarr" / "bigearthnet.zarr", params)
+
+    lit = load(*small, "finetune.bigearthnet.protocol=literature", "finetune.bigearthnet.literature_eval_every=2")
+    task = get_task("bigearthnet", lit)
+    ds = task.make_dataset("val")
+    task.bind(task.make_dataset("train"))
+    seen = {}
+
+    def own_eval(step, net):
+        if step in (2, 4):
+            net.eval()
+            with torch.no_grad():
+                batches = [ds[i] for i in range(len(ds))]
+                scores = [torch.sigmoid(net(task._inputs({k: torch.stack([b[k] for b in batches[i:i + 4]])
+                                                           for k in ("s2", "s1")}))[0]).numpy()
+                          for i in range(0, len(batches), 4)]
+                targets = np.stack([b["labels/multilabel"].numpy() for b in batches]).astype(np.uint8)
+            seen[step] = metrics.per_batch_micro_map(np.concatenate(scores), targets, 4)
+            net.train()
+
+    m = finetune("bigearthnet", "random", tmp_path / "lit", lit, steps=6, on_step=own_eval)
+    whole = finetune("bigearthnet", "random", tmp_path / "whole", params, steps=6)
+    npz = np.load(tmp_path / "lit" / "predictions.npz")
+    final = metrics.per_batch_micro_map(npz["scores"], npz["targets"], 4)
+    assert m["mAP_micro_per_batch_final"] == pytest.approx(final, rel=1e-12)
+    assert m["mAP_micro_per_batch_evaluations"] == 3 and sorted(seen) == [2, 4]
+    history = {2: seen[2], 4: seen[4], 6: final}
+    best_step = max(history, key=lambda k: (history[k], -k))
+    assert m["mAP_micro_per_batch"] == pytest.approx(history[best_step], rel=1e-9)
+    assert m["mAP_micro_per_batch_best_step"] == best_step
+    assert m["mAP_micro"] == whole["mAP_micro"] and "mAP_micro_per_batch" not in whole
+    assert len({round(v, 6) for v in history.values()}) > 1  # the evaluations differ: the choice is not trivial

@@ -372,7 +372,7 @@ def test_literature_protocol_adds_the_per_batch_column_beside_each_bigearthnet_c
         fake_run(params, c, {"mAP_micro": 60.0 + seed, "mAP_macro": 50.0, "mAP_micro_per_batch": 70.0 + seed},
                  log=False, seed=seed)
     header, rows = tables.build_rows("table13", dict(params, mlflow={**params["mlflow"], "enabled": False}))
-    per_batch = "BEN 1% per-batch micro mAP (literature)"
+    per_batch = "BEN 1% per-batch micro mAP, best epoch (literature)"
     assert header.index(per_batch) > header.index("BEN 1% micro mAP (whole eval set)")
     assert rows[1][per_batch] == "70.5" and rows[1]["BEN 1% micro mAP (whole eval set)"] == "60.5"
     params["finetune"]["bigearthnet"]["protocol"] = "whole_set"

@@ -496,12 +496,14 @@ def column_headers(col: Column, compared: bool) -> list[str]:
 
 def literature_protocol_columns(columns, params: Mapping) -> list[Column]:
     """With ``finetune.bigearthnet.protocol: literature``, each BigEarthNet column gets a sibling with the cited
-    papers' per-batch micro AP average (metric ``mAP_micro_per_batch``), so like is compared with like."""
+    papers' number (metric ``mAP_micro_per_batch``): the per-batch micro AP average, the best of the per-epoch
+    evaluations, as GFM and SeCo keep it, so like is compared with like; the whole-set column stays the final
+    model's."""
     out = []
     for col in columns:
         out.append(col)
         if col.task == "bigearthnet" and get_path(params, "finetune.bigearthnet.protocol", None) == "literature":
-            out.append(Column(col.header.replace("micro mAP (whole eval set)", "per-batch micro mAP (literature)"),
+            out.append(Column(col.header.replace("micro mAP (whole eval set)", "per-batch micro mAP, best epoch (literature)"),
                               col.task, col.fraction, "mAP_micro_per_batch", col.variant))
     return out
 

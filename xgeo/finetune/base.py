@@ -221,6 +221,11 @@ class Task(abc.ABC):
         return ZarrDataset(self.path, modalities=self.read_keys(), split=split, indices=indices,
                            labels=self.labels, valid=self.nodata())
 
+    def during_training(self, ds, loader, n_train: int, steps: int):
+        """An on_step(step, net) callback evaluating on ``ds`` during training (e.g. BigEarthNet's best-epoch
+        literature protocol), or None."""
+        return None
+
     def nodata(self) -> dict[str, float | None]:
         """Modalities whose per-pixel validity a sample carries (``valid/<key>``) -> their nodata value (None: the
         one convert recorded in the store); see :class:`xgeo.data.dataset.ZarrDataset`."""
