@@ -292,7 +292,7 @@ def test_bigearthnet_literature_protocol_keeps_the_best_evaluation_and_leaves_tr
     from xgeo.finetune.run import finetune
     from xgeo.finetune.tasks import get_task
 
-    small = ["data.datasets.bigearthnet.synth.patches={train: 24, val: 16, test: 4}", "mlflow.enabled=false",
+    small = ["data.datasets.bigearthnet.synth.patches={train: 16, val: 8, test: 2}", "mlflow.enabled=false",
              "finetune.bigearthnet.image_size=32", "finetune.bigearthnet.batch_size=4",
              "finetune.bigearthnet.warmup_steps=2", "finetune.eval_batch_size=4", f"paths.zarr={tmp_path / 'zarr'}"]
     params = load(*small)
