@@ -446,4 +446,4 @@ def test_table_cell_spans_pretraining_and_finetuning_seeds(params, tmp_path):
     (xgeo_cell.run_dir(params) / "stale").rename(xgeo_cell.run_dir(params) / "seed1-pretrain1")
     fake_run(params, xgeo_cell, {"mAP_micro": 61.0, "mAP_macro": 1.0}, log=False, seed=1)
     stale = tables.cell_result(params, xgeo_cell, "mAP_micro", header)
-    assert stale.summary is None and stale.text.startswith("stale (") and "seed1-pretrain1" in stale.notes[0]
+    assert stale.summary is None and stale.text.startswith("stale (weights_sha256") and "seed1-pretrain1" in stale.notes[0]
