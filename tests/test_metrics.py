@@ -176,3 +176,156 @@ def test_per_batch_micro_map_is_the_mean_of_each_batch_micro_ap():
     # one batch holding everything is the whole-set micro mAP
     assert metrics.per_batch_micro_map(scores, targets, 10) == pytest.approx(
         metrics.multilabel_map(scores, targets)["mAP_micro"], rel=1e-12)
+
+
+# ------------------------------------------------------------------ nodata through the store and the task evaluation
+
+SN2_SMALL = ["data.datasets.spacenet2.synth.images_per_aoi=6", "data.datasets.spacenet2.synth.pan_size=64",
+             "data.datasets.spacenet2.val_fraction=0.5", "finetune.spacenet2.image_size=32",
+             "finetune.spacenet2.batch_size=4", "finetune.eval_batch_size=8", "mlflow.enabled=false"]
+
+
+def test_spacenet2_nodata_pixels_are_left_out_of_the_evaluation(load, tmp_path):
+    """SpaceNet 2 GeoTIFFs with zero-filled (nodata) regions: the task's MAE / PSNR / SAM are those of the valid
+    pixels only (by hand from the GeoTIFFs), and an all-nodata tile is counted and skipped."""
+    import rasterio
+
+    from xgeo.data.convert import convert
+    from xgeo.data.datasets.spacenet2 import SPEC, plan
+    from xgeo.data.synth import synthesize
+    from xgeo.finetune.run import finetune
+
+    raw, store = tmp_path / "raw" / "spacenet2", tmp_path / "zarr" / "spacenet2.zarr"
+    params = load(f"paths.zarr={tmp_path / 'zarr'}", *SN2_SMALL)
+    synthesize("spacenet2", raw, params, seed=0)
+    val = [(aoi, image_id) for aoi, image_id, split in plan(raw, SPEC, params) if split == "val"]
+    assert len(val) == 3
+
+    def zero(aoi, image_id, cols):  # a zero-filled border on the PAN grid (cols) and on MUL's (cols / 4)
+        for kind, ratio in (("PAN", 1), ("MUL", 4), ("MUL-PanSharpen", 1)):
+            with rasterio.open(raw / aoi / kind / f"{kind}_{image_id}.tif", "r+") as f:
+                data = f.read()
+                data[:, :, cols.start // ratio:] = 0
+                f.write(data)
+
+    zero(*val[0], slice(40, None))  # the right 24 of 64 columns are nodata
+    zero(*val[1], slice(0, None))   # the whole tile is nodata
+    convert("spacenet2", raw, store, params)
+    m = finetune("spacenet2", "random", tmp_path / "run", params, steps=0)
+    npz = np.load(tmp_path / "run" / "predictions.npz")
+    assert bool(npz["complete"]) and m["eval_samples"] == 3
+
+    ids = np.asarray(__import__("zarr").open_group(str(store), mode="r")["ids"][:])
+    hand_valid = []
+    for i in npz["index"]:
+        aoi = next(a for a, image_id in val if str(ids[i]).startswith(image_id))
+        image_id = str(ids[i]).rsplit("_r", 1)[0]
+        with rasterio.open(raw / aoi / "PAN" / f"PAN_{image_id}.tif") as f:
+            pan = f.read()
+        with rasterio.open(raw / aoi / "MUL-PanSharpen" / f"MUL-PanSharpen_{image_id}.tif") as f:
+            ps = f.read()
+        hand_valid.append((pan != 0).all(0) & (ps != 0).all(0))
+    hand_valid = np.stack(hand_valid)
+    assert sorted(hand_valid.mean((1, 2)).round(3).tolist()) == [0.0, 0.625, 1.0]
+    np.testing.assert_array_equal(npz["valid"], hand_valid)
+
+    out, tgt = npz["outputs"].astype(np.float64), npz["targets"].astype(np.float64)
+    v = hand_valid[:, None].repeat(out.shape[1], 1)
+    assert m["MAE"] == pytest.approx(np.abs(out - tgt)[v].mean(), rel=1e-9)
+    psnr = [10 * math.log10(1 / ((o - t)[:, k] ** 2).mean()) for o, t, k in zip(out, tgt, hand_valid) if k.any()]
+    assert m["PSNR"] == pytest.approx(np.mean(psnr), rel=1e-9)
+    assert m["PSNR_undefined_images"] == 1 and "1 of 3 images have no defined PSNR" in m["metrics_note"]
+    norm = np.linalg.norm(out, axis=1) * np.linalg.norm(tgt, axis=1)
+    defined = hand_valid & (norm > 0)  # SAM skips pixels with an all-zero spectrum (angle undefined)
+    cos = (out * tgt).sum(1)[defined] / norm[defined]
+    assert m["SAM"] == pytest.approx(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean(), rel=1e-9)
+    # the masks matter: every pixel counted gives another MAE
+    assert abs(metrics.image_scores(out, tgt)["MAE"] - m["MAE"]) > 1e-4
+    # predictions.npz reproduces the masked numbers
+    again = metrics.from_predictions("spacenet2", npz)
+    for k in ("MAE", "SAM", "SSIM", "PSNR"):
+        assert again[k] == pytest.approx(m[k], rel=1e-9), k
+
+
+def test_sen12ms_cr_target_nodata_mask_from_the_stored_values(load, tmp_path):
+    """SEN12MS-CR: a target (cloud-free S2) pixel with L1C's NODATA 0 in every band is invalid; one band at 0 (a
+    value: the synthetic B10 reaches 0 as the real one does) leaves it valid."""
+    import rasterio
+
+    from xgeo.data.convert import convert
+    from xgeo.data.synth import synthesize
+    from xgeo.finetune.tasks import get_task
+
+    raw, store = tmp_path / "raw" / "sen12ms-cr", tmp_path / "zarr" / "sen12ms-cr.zarr"
+    params = load(f"paths.zarr={tmp_path / 'zarr'}", "data.datasets.sen12ms-cr.synth.patches_per_roi=1",
+                  "data.datasets.sen12ms-cr.synth.rois={train: 1, val: 1, test: 1}")
+    synthesize("sen12ms-cr", raw, params, seed=0)
+    tifs = sorted(raw.glob("ROIs*_s2/*/*.tif"))
+    for t in tifs:
+        with rasterio.open(t, "r+") as f:
+            data = f.read()
+            data[:, :5] = 0     # a zero-filled top border
+            data[3, 10, 10] = 0  # one band at 0: a value
+            data[:, 20, 30] = 0  # a single nodata pixel
+            f.write(data)
+    convert("sen12ms-cr", raw, store, params)
+    task = get_task("sen12ms-cr", params)
+    ds = task.make_dataset(task.eval_split())
+    sample = ds[0]
+    valid = sample["valid/s2"].numpy()
+    expect = np.ones(valid.shape, bool)
+    expect[:5] = False
+    expect[20, 30] = False
+    np.testing.assert_array_equal(valid, expect)
+    batch = {k: v[None] for k, v in sample.items() if k != "index"}
+    np.testing.assert_array_equal(task.valid_mask(batch)[0].numpy(), expect)
+
+
+# -------------------------------------------------------- BigEarthNet literature protocol: best epoch of per-batch AP
+
+def test_bigearthnet_literature_protocol_keeps_the_best_evaluation_and_leaves_training_alone(load, tmp_path):
+    """protocol literature, literature_eval_every 2, 6 steps: the per-batch micro mAP is evaluated at steps 2 and 4
+    (checked against an own evaluation of the network at those steps) and of the final model, the column is their
+    maximum, and the whole-set mAP_micro is bit-identical to the whole_set protocol's run (training untouched)."""
+    from xgeo.data.convert import convert
+    from xgeo.data.synth import synthesize
+    from xgeo.finetune.run import finetune
+    from xgeo.finetune.tasks import get_task
+
+    small = ["data.datasets.bigearthnet.synth.patches={train: 16, val: 8, test: 2}", "mlflow.enabled=false",
+             "finetune.bigearthnet.image_size=32", "finetune.bigearthnet.batch_size=4",
+             "finetune.bigearthnet.warmup_steps=2", "finetune.eval_batch_size=4", f"paths.zarr={tmp_path / 'zarr'}"]
+    params = load(*small)
+    synthesize("bigearthnet", tmp_path / "raw", params, seed=0)
+    convert("bigearthnet", tmp_path / "raw", tmp_path / "zarr" / "bigearthnet.zarr", params)
+
+    lit = load(*small, "finetune.bigearthnet.protocol=literature", "finetune.bigearthnet.literature_eval_every=2")
+    task = get_task("bigearthnet", lit)
+    ds = task.make_dataset("val")
+    task.bind(task.make_dataset("train"))
+    seen = {}
+
+    def own_eval(step, net):
+        if step in (2, 4):
+            net.eval()
+            with torch.no_grad():
+                batches = [ds[i] for i in range(len(ds))]
+                scores = [torch.sigmoid(net(task._inputs({k: torch.stack([b[k] for b in batches[i:i + 4]])
+                                                           for k in ("s2", "s1")}))[0]).numpy()
+                          for i in range(0, len(batches), 4)]
+                targets = np.stack([b["labels/multilabel"].numpy() for b in batches]).astype(np.uint8)
+            seen[step] = metrics.per_batch_micro_map(np.concatenate(scores), targets, 4)
+            net.train()
+
+    m = finetune("bigearthnet", "random", tmp_path / "lit", lit, steps=6, on_step=own_eval)
+    whole = finetune("bigearthnet", "random", tmp_path / "whole", params, steps=6)
+    npz = np.load(tmp_path / "lit" / "predictions.npz")
+    final = metrics.per_batch_micro_map(npz["scores"], npz["targets"], 4)
+    assert m["mAP_micro_per_batch_final"] == pytest.approx(final, rel=1e-12)
+    assert m["mAP_micro_per_batch_evaluations"] == 3 and sorted(seen) == [2, 4]
+    history = {2: seen[2], 4: seen[4], 6: final}
+    best_step = max(history, key=lambda k: (history[k], -k))
+    assert m["mAP_micro_per_batch"] == pytest.approx(history[best_step], rel=1e-9)
+    assert m["mAP_micro_per_batch_best_step"] == best_step
+    assert m["mAP_micro"] == whole["mAP_micro"] and "mAP_micro_per_batch" not in whole
+    assert len({round(v, 6) for v in history.values()}) > 1  # the evaluations differ: the choice is not trivial

@@ -29,18 +29,20 @@ def params(load, tmp_path, root):
                 f"paths.checkpoints={tmp_path}/checkpoints", f"finetune.weights.in22k={tmp_path}/weights/in22k.pth")
 
 
-def fake_run(params, cell, metrics, log=True, seed=None, n_train=500, n_eval=400, steps=None, **settings):
-    """A finished replicate (``seed``, default the first) whose run.json records the settings the finetune stage
-    records (xgeo.provenance), logged to MLflow like the finetune stage does; ``settings`` overrides recorded keys."""
+def fake_run(params, cell, metrics, log=True, seed=None, n_train=500, n_eval=400, steps=None, pretrain_seed=None,
+             **settings):
+    """A finished replicate (``seed``, default the first; of pretraining seed ``pretrain_seed``) whose run.json
+    records the settings the finetune stage records (xgeo.provenance), logged to MLflow like the finetune stage does;
+    ``settings`` overrides recorded keys."""
     seed = tables.seeds(params)[0] if seed is None else seed
-    d = cell.run_dir(params) / f"seed{seed}"
+    d = cell.run_dir(params) / tables.replicate_name(seed, pretrain_seed)
     run_id = None
     if log:
         with tracking.start_run(params, experiment="finetune", tags={"xgeo.task": cell.task}) as run:
             run.log_metrics(metrics)
         run_id = run.run_id
     shaped = provenance.finetune_settings(tables.cell_params(params, cell, seed), cell.task,
-                                          tables.init_file(params, cell), cell.fraction, steps)
+                                          tables.init_file(params, cell, pretrain_seed), cell.fraction, steps)
     shaped.update(settings)
     write_json(d / "metrics.json", dict(metrics, eval_samples=n_eval))
     write_json(d / "run.json", {"mlflow_run_id": run_id, "task": cell.task, "init": cell.init, "seed": seed,
@@ -372,8 +374,76 @@ def test_literature_protocol_adds_the_per_batch_column_beside_each_bigearthnet_c
         fake_run(params, c, {"mAP_micro": 60.0 + seed, "mAP_macro": 50.0, "mAP_micro_per_batch": 70.0 + seed},
                  log=False, seed=seed)
     header, rows = tables.build_rows("table13", dict(params, mlflow={**params["mlflow"], "enabled": False}))
-    per_batch = "BEN 1% per-batch micro mAP (literature)"
+    per_batch = "BEN 1% per-batch micro mAP, best epoch (literature)"
     assert header.index(per_batch) > header.index("BEN 1% micro mAP (whole eval set)")
     assert rows[1][per_batch] == "70.5" and rows[1]["BEN 1% micro mAP (whole eval set)"] == "60.5"
     params["finetune"]["bigearthnet"]["protocol"] = "whole_set"
     assert per_batch not in tables.build_rows("table13", params)[0]
+
+
+# ------------------------------------------------------------------------------------ pretraining seeds (option)
+
+def test_pretrain_replicates_dag_has_one_pretraining_per_seed(root, tmp_path):
+    """tables.pretrain_replicates 2: the dry-run DAG of table3 pretrains twice (the experiment's own run and seed + 1)
+    and finetunes the XGeo rows from both checkpoints with every finetuning seed; Random rows are unchanged."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "results").mkdir()
+    shutil.copy(root / "results" / "literature.csv", tmp_path / "results" / "literature.csv")
+    shutil.copytree(root / "overlays", tmp_path / "overlays")
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    assert p["tables"]["pretrain_replicates"] == 1  # the default DAG: one pretraining (tests/test_workflow.py)
+    p["tables"]["pretrain_replicates"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(tmp_path),
+                          "--cores", "1", "-n", "-p", "results/table3.csv"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    block = res.stdout.split("Job stats:", 1)[1]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M) if m.group(1) != "total"}
+    reps = p["tables"]["replicates"]
+    assert counts["pretrain"] == 1 and counts["pretrain_replicate"] == 1
+    # XGeo: BEN 10 % and 100 % and one cell of each other task, x reps x 2 checkpoints; Random: x reps
+    assert counts["finetune_bigearthnet"] == 2 * reps * 2 + 2 * reps
+    assert counts["finetune_spacenet2"] == reps * 2 + reps
+    assert "--set seed=1 > logs/pretrain/xgeo-pretrain1.log" in res.stdout
+    assert ("--init checkpoints/xgeo/pretrain1/last.ckpt --out results/runs/xgeo/bigearthnet/xgeo/f0.1/seed2-pretrain1"
+            in res.stdout)
+    assert "results/runs/xgeo/bigearthnet/random/f0.1/seed0-pretrain1" not in res.stdout
+
+
+def test_table_cell_spans_pretraining_and_finetuning_seeds(params, tmp_path):
+    """With 2 pretraining x 2 finetuning seeds an XGeo cell is the mean ± std over the 4 runs (a run finetuned from
+    the other checkpoint than its directory says is stale); a Random cell over its 2 finetuning runs."""
+    params["tables"]["replicates"] = 2
+    params["tables"]["pretrain_replicates"] = 2
+    other = tmp_path / "checkpoints" / "xgeo" / "pretrain1" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"weights of pretraining seed 1")
+    spec = tables.table_spec("table3")
+    xgeo_cell = tables.cell(spec["rows"][0], tables.BEN10)
+    random_cell = tables.cell(spec["rows"][1], tables.BEN10)
+    assert [(r.seed, r.pretrain_seed) for r in xgeo_cell.replicates(params)] == [(0, None), (1, None), (0, 1), (1, 1)]
+    assert [d.name for _, d in random_cell.replicate_dirs(params)] == ["seed0", "seed1"]
+    values = {(0, None): 60.0, (1, None): 61.0, (0, 1): 64.0, (1, 1): 67.0}
+    for (seed, pre), v in values.items():
+        fake_run(params, xgeo_cell, {"mAP_micro": v, "mAP_macro": 1.0}, log=False, seed=seed, pretrain_seed=pre)
+    for seed in (0, 1):
+        fake_run(params, random_cell, {"mAP_micro": 50.0 + seed, "mAP_macro": 1.0}, log=False, seed=seed)
+    header = "BEN 10% micro mAP (whole eval set)"
+    res = tables.cell_result(params, xgeo_cell, "mAP_micro", header)
+    assert res.summary.n == 4 and res.summary.mean == pytest.approx(63.0)
+    assert res.summary.std == pytest.approx(np.std(list(values.values()), ddof=1))
+    assert tables.cell_result(params, random_cell, "mAP_micro", header).summary.n == 2
+    # a run in seed1-pretrain1 that recorded the experiment's own checkpoint is refused, naming the weights
+    fake_run(params, xgeo_cell, {"mAP_micro": 99.0, "mAP_macro": 1.0}, log=False, seed=1, pretrain_seed=None)
+    (xgeo_cell.run_dir(params) / "seed1").rename(xgeo_cell.run_dir(params) / "stale")
+    import shutil as sh
+    sh.rmtree(xgeo_cell.run_dir(params) / "seed1-pretrain1")
+    (xgeo_cell.run_dir(params) / "stale").rename(xgeo_cell.run_dir(params) / "seed1-pretrain1")
+    fake_run(params, xgeo_cell, {"mAP_micro": 61.0, "mAP_macro": 1.0}, log=False, seed=1)
+    stale = tables.cell_result(params, xgeo_cell, "mAP_micro", header)
+    assert stale.summary is None and stale.text.startswith("stale (weights_sha256") and "seed1-pretrain1" in stale.notes[0]

@@ -102,6 +102,15 @@ def test_ui_shows_runs_and_metrics(ui, tmp_path, root):
     for name in ids:
         assert name in dom, f"run {name} not on the first page {page}"
     assert "<title>Runs - " in dom and "Token Usage" not in dom  # the runs table, not the GenAI overview
+    # the address `xgeo ui` prints for the experiment (its shared view) shows the metric columns and their values
+    # on the runs table itself
+    assert tags[tracking.SHARED_VIEW_TAG + tracking.UI_SHARE_KEY]
+    view = f"{base}/#/experiments/{exp_id}/runs{tracking.UI_VIEW}&viewStateShareKey={tracking.UI_SHARE_KEY}"
+    assert view in (tmp_path / "ui.log").read_text()
+    dom_view = subprocess.run([*common, "--dump-dom", view], capture_output=True, text=True, timeout=90).stdout
+    for name in ids:
+        assert name in dom_view, f"run {name} not on the first page {view}"
+    assert "mAP_micro" in dom_view and "0.875" in dom_view and "0.75" in dom_view, view
     # the run page shows the metric values
     run_page = f"{base}/#/experiments/{exp_id}/runs/{ids['ui-run-beta']}"
     dom_run = subprocess.run([*common, "--dump-dom", run_page], capture_output=True, text=True, timeout=90).stdout

@@ -392,7 +392,8 @@ def from_predictions(task: str, npz: str | Mapping) -> dict:
     segmentation: ``confusion`` (K, K) over the whole set (exact) and ``class_names``, ``eval_classes``; the saved
     tiles (``outputs`` (n, H, W) predicted classes, ``targets`` (n, H, W), ``ignore_index``) give the same numbers
     when ``complete`` is true;
-    image: ``outputs`` and ``targets`` (n, C, H, W) on [0, 1], ``data_range``; the whole set when ``complete``.
+    image: ``outputs`` and ``targets`` (n, C, H, W) on [0, 1], ``data_range``, ``valid`` (n, H, W) the pixels that
+    count (nodata left out; every pixel when absent); the whole set when ``complete``.
     """
     if task not in TASK_KIND:
         raise XGeoError(f"from_predictions: unknown task {task!r}; known: {sorted(TASK_KIND)}")
@@ -413,7 +414,8 @@ def from_predictions(task: str, npz: str | Mapping) -> dict:
         else:
             cm = confusion_matrix(data["outputs"], data["targets"], len(names), ignore)
         return segmentation_scores(cm, names, [int(i) for i in data["eval_classes"]])
-    return image_scores(data["outputs"], data["targets"], float(data["data_range"]))
+    return image_scores(data["outputs"], data["targets"], float(data["data_range"]),
+                        valid=data["valid"] if "valid" in data else None)
 
 
 def tile_confusion(npz: str | Mapping) -> np.ndarray:

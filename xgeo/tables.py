@@ -9,6 +9,11 @@ Each cell is the mean ± std over ``tables.replicates`` finetuning runs, one per
 
     results/runs/<experiment>/<task>/<init>/f<fraction>[-<variant>]/seed<k>/{metrics.json, predictions.npz, run.json}
 
+With ``tables.pretrain_replicates`` n > 1 (default 1), a row finetuning a pretraining checkpoint also spans n
+pretraining seeds: the experiment's own checkpoint (seed ``seed``) and ``checkpoints/<experiment>/pretrain<p>/
+last.ckpt`` for p = ``seed + 1``, ..., each finetuned with every finetuning seed into ``seed<k>-pretrain<p>/``; the
+cell is the mean ± std over all of them (:meth:`Cell.replicates`).
+
 The CSV keeps, per column, the mean, ``std``, ``n`` (runs), ``n_train`` / ``n_eval`` (samples) and the paper's value;
 a table with a reference row (``compare`` in its spec: the pairs the paper draws conclusions from) adds the difference
 to the reference, its 95 % interval (Welch's t) and a verdict. A cell is built only from runs whose settings digest
@@ -87,18 +92,64 @@ class Cell:
         """The cell's directory; each replicate is its subdirectory ``seed<k>`` (:meth:`replicate_dirs`)."""
         return Path(params["paths"]["runs"]) / self.experiment / self.task / self.init / self.setting
 
+    def replicates(self, params: Mapping) -> list["Replicate"]:
+        """The cell's runs: every finetuning seed (``tables.replicates``) and, for a row finetuning a pretraining
+        checkpoint (init ``xgeo``), every pretraining seed (``tables.pretrain_replicates``): their product."""
+        pre = pretrain_seeds(params) if self.init == "xgeo" else [None]
+        return [Replicate(k, p, self.run_dir(params) / replicate_name(k, p)) for p in pre for k in seeds(params)]
+
     def replicate_dirs(self, params: Mapping) -> list[tuple[int, Path]]:
-        """``[(seed, run directory)]`` of the cell's ``tables.replicates`` finetuning runs."""
-        return [(k, self.run_dir(params) / f"seed{k}") for k in seeds(params)]
+        """``[(finetuning seed, run directory)]`` of the cell's runs (:meth:`replicates`)."""
+        return [(r.seed, r.path) for r in self.replicates(params)]
+
+
+@dataclass(frozen=True)
+class Replicate:
+    seed: int                   # finetuning seed
+    pretrain_seed: int | None   # pretraining seed of the checkpoint; None: the experiment's own (params seed)
+    path: Path
 
 
 def seeds(params: Mapping) -> list[int]:
     """Finetuning seeds of the replicates of every cell: ``seed``, ``seed + 1``, ... (``tables.replicates`` of them)."""
-    n = int(get_path(params, "tables.replicates", 1) or 1)
-    if n < 1:
-        raise TableError(f"params tables.replicates: expected an integer >= 1, found {n}")
+    return _seed_list(params, "tables.replicates")
+
+
+def pretrain_seeds(params: Mapping) -> list[int | None]:
+    """Pretraining seeds of a checkpoint row's replicates: None (the experiment's own pretraining, seed ``seed``,
+    ``checkpoints/<experiment>/last.ckpt``), then ``seed + 1``, ... (``tables.pretrain_replicates`` in all), each
+    pretrained again into ``checkpoints/<experiment>/pretrain<p>/last.ckpt``."""
+    base = int(params.get("seed", 0))
+    return [None if p == base else p for p in _seed_list(params, "tables.pretrain_replicates")]
+
+
+def _seed_list(params: Mapping, key: str) -> list[int]:
+    n = get_path(params, key, 1)
+    n = 1 if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TableError(f"params {key}: expected an integer >= 1, found {n!r}")
     base = int(params.get("seed", 0))
     return [base + i for i in range(n)]
+
+
+def replicate_name(seed: int, pretrain_seed: int | None) -> str:
+    """A replicate's directory: ``seed<k>``, or ``seed<k>-pretrain<p>`` for a checkpoint pretrained with seed p."""
+    return f"seed{seed}" + ("" if pretrain_seed is None else f"-pretrain{pretrain_seed}")
+
+
+def parse_replicate(name: str) -> tuple[int, int | None]:
+    """``seed<k>[-pretrain<p>]`` (or the bare ``<k>[-pretrain<p>]`` of a Snakemake wildcard) -> (k, p or None)."""
+    m = re.fullmatch(r"(?:seed)?([0-9]+)(?:-pretrain([0-9]+))?", name)
+    if not m:
+        raise TableError(f"replicate {name!r}: expected seed<k> or seed<k>-pretrain<p>")
+    return int(m.group(1)), None if m.group(2) is None else int(m.group(2))
+
+
+def pretrain_checkpoint(params: Mapping, experiment: str, pretrain_seed: int | None = None) -> Path:
+    """The checkpoint a row of ``experiment`` finetunes from (its pretraining's, :func:`pretraining_of`), of
+    pretraining seed ``pretrain_seed`` (None: the experiment's own run)."""
+    base = Path(params["paths"]["checkpoints"]) / pretraining_of(params, experiment)
+    return base / "last.ckpt" if pretrain_seed is None else base / f"pretrain{pretrain_seed}" / "last.ckpt"
 
 
 def _c(header, task, fraction, metric, variant=None):
@@ -377,23 +428,25 @@ def cell_params(params: Mapping, c: Cell, seed: int) -> dict:
     return p
 
 
-def init_file(params: Mapping, c: Cell) -> Path | None:
-    """The weight file a run of ``c`` starts from: the pretraining checkpoint, a named weight file, or None."""
+def init_file(params: Mapping, c: Cell, pretrain_seed: int | None = None) -> Path | None:
+    """The weight file a run of ``c`` starts from: the pretraining checkpoint (of ``pretrain_seed``), a named weight
+    file, or None."""
     if c.init == "random":
         return None
     if c.init == "xgeo":
-        return Path(params["paths"]["checkpoints"]) / pretraining_of(params, c.experiment) / "last.ckpt"
+        return pretrain_checkpoint(params, c.experiment, pretrain_seed)
     return init_weights(params, c.init)
 
 
-def stale_reasons(params: Mapping, c: Cell, seed: int, run: Mapping) -> list[str]:
+def stale_reasons(params: Mapping, c: Cell, seed: int, run: Mapping, pretrain_seed: int | None = None) -> list[str]:
     """Why a replicate's run.json does not match the current params (empty when its settings digest matches)."""
     from .provenance import differences, digest, finetune_settings
 
     recorded = run.get("settings_digest")
     if not recorded:
         return ["run.json records no settings digest (a run made before provenance was recorded, or by hand)"]
-    expected = finetune_settings(cell_params(params, c, seed), c.task, init_file(params, c), c.fraction, None)
+    expected = finetune_settings(cell_params(params, c, seed), c.task, init_file(params, c, pretrain_seed),
+                                 c.fraction, None)
     if recorded == digest(expected):
         return []
     return differences(run.get("settings") or {}, expected) or [f"settings digest {recorded} != {digest(expected)}"]
@@ -424,24 +477,25 @@ def cell_result(params: Mapping, c: Cell, metric: str, header: str) -> CellResul
     if reason:
         return CellResult("", notes=[f"{header}: missing, {reason}"])
     values, run_ids, stale, absent, n_train, n_eval, notes = [], [], [], [], [], [], []
-    for seed, d in c.replicate_dirs(params):
+    for rep in c.replicates(params):
+        seed, d = rep.seed, rep.path
         result = _read_dir(d)
         if result is None:
-            absent.append(seed)
+            absent.append(d.name)
             continue
         value = metric_value(result["metrics"], metric, d)
-        why = stale_reasons(params, c, seed, result["run"])
+        why = stale_reasons(params, c, seed, result["run"], rep.pretrain_seed)
         if why:
             stale.append(f"{d}: " + "; ".join(why))
             continue
         values.append(value)
         if result["metrics"].get("metrics_note"):
-            notes.append(f"{header} seed {seed}: {result['metrics']['metrics_note']}")
+            notes.append(f"{header} {d.name}: {result['metrics']['metrics_note']}")
         n_train.append(_count(result["run"], result["metrics"], "train_samples"))
         n_eval.append(_count(result["run"], result["metrics"], "eval_samples"))
         run_id = result["run"].get("mlflow_run_id")
         if run_id:
-            run_ids.append(f"{c.task}@{c.setting}/seed{seed}:{run_id}")
+            run_ids.append(f"{c.task}@{c.setting}/{d.name}:{run_id}")
         elif (params.get("mlflow") or {}).get("enabled"):
             notes.append(f"{header}: run {d} has no mlflow_run_id in run.json")
     if stale:
@@ -449,7 +503,7 @@ def cell_result(params: Mapping, c: Cell, metric: str, header: str) -> CellResul
                           notes=[f"{header}: stale, not built from runs whose settings differ from the params: "
                                  + " | ".join(stale)])
     if not values:
-        return CellResult("", notes=[f"{header}: missing, runs {c.run_dir(params)}/seed{{{','.join(map(str, absent))}}}"
+        return CellResult("", notes=[f"{header}: missing, runs {c.run_dir(params)}/{{{','.join(absent)}}}"
                                      f" not run yet"])
     res = CellResult("", n_train=min(n for n in n_train if n is not None) if any(n is not None for n in n_train) else None,
                      n_eval=min(n for n in n_eval if n is not None) if any(n is not None for n in n_eval) else None,
@@ -463,7 +517,7 @@ def cell_result(params: Mapping, c: Cell, metric: str, header: str) -> CellResul
     res.text = _fmt(res.summary.mean)
     if absent:
         res.notes.append(f"{header}: {len(values)} of {len(values) + len(absent)} replicates "
-                         f"(seeds {absent} not run yet)")
+                         f"({', '.join(absent)} not run yet)")
     return res
 
 
@@ -496,12 +550,14 @@ def column_headers(col: Column, compared: bool) -> list[str]:
 
 def literature_protocol_columns(columns, params: Mapping) -> list[Column]:
     """With ``finetune.bigearthnet.protocol: literature``, each BigEarthNet column gets a sibling with the cited
-    papers' per-batch micro AP average (metric ``mAP_micro_per_batch``), so like is compared with like."""
+    papers' number (metric ``mAP_micro_per_batch``): the per-batch micro AP average, the best of the per-epoch
+    evaluations, as GFM and SeCo keep it, so like is compared with like; the whole-set column stays the final
+    model's."""
     out = []
     for col in columns:
         out.append(col)
         if col.task == "bigearthnet" and get_path(params, "finetune.bigearthnet.protocol", None) == "literature":
-            out.append(Column(col.header.replace("micro mAP (whole eval set)", "per-batch micro mAP (literature)"),
+            out.append(Column(col.header.replace("micro mAP (whole eval set)", "per-batch micro mAP, best epoch (literature)"),
                               col.task, col.fraction, "mAP_micro_per_batch", col.variant))
     return out
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sys
 import tempfile
@@ -46,6 +47,15 @@ EXPERIMENT_KIND = "custom_model_development"
 # ...but MLflow 3.17's UI keeps a GenAI / model-training switch per browser (default GenAI, overview page first) that
 # only the address overrides: `xgeo ui` links experiments with this query so they open on their runs table
 UI_VIEW = "?workflowType=machine_learning"
+# ...and its runs table shows attribute columns only (Source, Models, Dataset) until a person picks metric columns in
+# their browser (kept in its local storage). A shared view (experiment tag mlflow.sharedViewState.<key>, JSON of the
+# page state, opened by ?viewStateShareKey=<key>) sets the columns for whoever opens that address: `xgeo ui` writes
+# one per experiment with its headline metrics (set_metric_views) and prints those addresses
+UI_SHARE_KEY = "xgeo-metrics"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+HEADLINE_METRICS = ("mAP_micro", "mAP_micro_per_batch", "mAP_macro", "mIoU", "mIoU_all", "OA", "F1", "IoU", "SAM",
+                    "MAE", "PSNR", "SSIM", "loss", "final_train_loss", "train_loss")
+UI_METRIC_COLUMNS = 8
 LOCK_SUFFIX = ".lock"
 ARTIFACTS_DIR = "mlartifacts"
 RETRIES = 20
@@ -358,6 +368,32 @@ def ui_command(params: Mapping, host: str = "127.0.0.1", port: int = 5000) -> li
     ]
 
 
+def metric_view(metric_keys) -> dict:
+    """The shared-view state of a runs table showing ``metric_keys``' headline metrics (HEADLINE_METRICS first, then
+    the others by name; UI_METRIC_COLUMNS at most) after the run name, date and dataset."""
+    keys = set(metric_keys)
+    chosen = [k for k in HEADLINE_METRICS if k in keys] + sorted(keys - set(HEADLINE_METRICS))
+    # metrics only: the table renders the columns that fit its width, MLflow's Source / Models columns would push
+    # the metrics out of a laptop-sized window
+    return {"selectedColumns": [f"metrics.`{k}`" for k in chosen[:UI_METRIC_COLUMNS]]}
+
+
+def set_metric_views(params: Mapping) -> dict[str, str]:
+    """Write each experiment's shared view (its runs' metric columns) into the store; -> {experiment name: page
+    address (after the host) opening its runs table with those columns}."""
+    store = resolve_store(params)
+    client = _client(store)
+    pages = {}
+    for exp in _locked_call(store, client.search_experiments):
+        runs = _locked_call(store, client.search_runs, [exp.experiment_id], max_results=500)
+        view = metric_view({k for r in runs for k in r.data.metrics})
+        _locked_call(store, client.set_experiment_tag, exp.experiment_id, SHARED_VIEW_TAG + UI_SHARE_KEY,
+                     json.dumps(view))
+        # the runs tab's route: the shared view is read there (MLflow 3.17)
+        pages[exp.name] = f"/#/experiments/{exp.experiment_id}/runs{UI_VIEW}&viewStateShareKey={UI_SHARE_KEY}"
+    return pages
+
+
 def serve_ui(params: Mapping, host: str = "127.0.0.1", port: int = 5000) -> None:
     """Serve the MLflow UI for this project's store in the foreground until interrupted (Ctrl-C).
 
@@ -367,8 +403,11 @@ def serve_ui(params: Mapping, host: str = "127.0.0.1", port: int = 5000) -> None
         raise TrackingError(f"xgeo ui --host: serves on the loopback interface only (127.0.0.1), found {host!r}")
     store = resolve_store(params)
     _client(store)
+    pages = set_metric_views(params)
     print(f"xgeo ui: MLflow UI for {store.uri} at http://{host}:{port}/#/experiments{UI_VIEW} "
           f"(the model-training view: runs first; Ctrl-C stops it)", flush=True)
+    for name, page in sorted(pages.items()):
+        print(f"  {name}: runs with their metrics at http://{host}:{port}{page}", flush=True)
     cmd = ui_command(params, host, port)
     # become the server process: Ctrl-C and SIGTERM then reach mlflow directly, no orphaned server is left behind
     os.execv(cmd[0], cmd)

@@ -56,7 +56,7 @@ wildcard_constraints:
     experiment="|".join(PARAMS["experiments"]),
     init=r"[A-Za-z0-9_]+",
     setting=r"[0-9.]+(-[A-Za-z0-9_]+)?",
-    seed=r"[0-9]+",
+    seed=r"[0-9]+(-pretrain[0-9]+)?",  # finetuning seed [-pretraining seed] (tables.pretrain_replicates > 1)
     table=r"table[0-9]+",
 
 
@@ -73,6 +73,8 @@ def digest(obj):
 
 def pretrain_digest(wildcards):
     p = exp_params(wildcards.experiment)
+    pseed = getattr(wildcards, "pseed", None)  # a pretraining replicate (rule pretrain_replicate)
+    p = p if pseed is None else dict(p, seed=int(pseed))
     return digest({k: p.get(k) for k in ("seed", "data", "model", "pretrain")})
 
 
@@ -112,13 +114,18 @@ def finetune_inputs(task):
     def inputs(wildcards):
         out = {"store": store(task)}
         if wildcards.init == "xgeo":
-            base = pretraining_of(PARAMS, wildcards.experiment)
-            out["weights"] = f"{CKPT}/{base}/last.ckpt"
+            _, pseed = xtables.parse_replicate(wildcards.seed)
+            out["weights"] = str(xtables.pretrain_checkpoint(PARAMS, wildcards.experiment, pseed))
         elif wildcards.init != "random":
             out["weights"] = str(xtables.init_weights(PARAMS, wildcards.init))
         return out
 
     return inputs
+
+
+def finetune_seed(wildcards):
+    """The finetuning seed of a replicate directory seed<k>[-pretrain<p>]."""
+    return xtables.parse_replicate(wildcards.seed)[0]
 
 
 def finetune_extra_sets(wildcards):

@@ -27,6 +27,7 @@ for _task in TASKS:
             fraction=lambda w: split_setting(w.setting)[0],
             variant=finetune_extra_sets,
             out=lambda w, output: os.path.dirname(output.metrics),
+            seed=finetune_seed,
         threads: PARAMS["workflow"]["finetune"]["threads"]
         resources:
             gpu=PARAMS["workflow"]["finetune"]["gpu"],
@@ -35,4 +36,4 @@ for _task in TASKS:
             "../../envs/xgeo.yaml"
         shell:
             "{params.launcher} finetune {params.task} --init {params.init} --out {params.out} --fraction {params.fraction}"
-            " --experiment {wildcards.experiment} {params.sets} {params.variant} --set seed={wildcards.seed} > {log} 2>&1"
+            " --experiment {wildcards.experiment} {params.sets} {params.variant} --set seed={params.seed} > {log} 2>&1"

@@ -38,6 +38,44 @@ rule pretrain:
         """
 
 
+rule pretrain_replicate:
+    """tables.pretrain_replicates > 1: the experiment pretrained again with seed {pseed} (its own run directory),
+    for the table rows that span pretraining seeds; not in the DAG when it is 1."""
+    wildcard_constraints:
+        pseed="[0-9]+",
+    input:
+        pretrain_stores,
+        plan=plan_check,
+    output:
+        ckpt=f"{CKPT}/{{experiment}}/pretrain{{pseed}}/last.ckpt",
+        metrics=f"{CKPT}/{{experiment}}/pretrain{{pseed}}/metrics.jsonl",
+    log:
+        "logs/pretrain/{experiment}-pretrain{pseed}.log",
+    params:
+        sets=SETS,
+        launcher=launcher,
+        settings=pretrain_digest,
+        run=pretrain_run_dir,
+    threads: PARAMS["workflow"]["pretrain"]["threads"]
+    resources:
+        gpu=PARAMS["workflow"]["pretrain"]["gpu"],
+        mem_mb=PARAMS["workflow"]["pretrain"]["mem_mb"],
+        nodes=PARAMS["workflow"]["pretrain"].get("nodes", 1),
+        tasks=PARAMS["workflow"]["pretrain"].get("nodes", 1),
+        tasks_per_node=1,
+        gres=f"gpu:{PARAMS['workflow']['pretrain']['gpu']}" if PARAMS["workflow"]["pretrain"]["gpu"] else "",
+    conda:
+        "../../envs/xgeo.yaml"
+    shell:
+        """
+        resume=""
+        if [ -f {params.run}/last.ckpt ]; then resume=--resume; fi
+        {params.launcher} pretrain --experiment {wildcards.experiment} --out {params.run} $resume {params.sets} --set seed={wildcards.pseed} > {log} 2>&1
+        ln -f {params.run}/last.ckpt {output.ckpt} 2>/dev/null || cp {params.run}/last.ckpt {output.ckpt}
+        cp {params.run}/metrics.jsonl {output.metrics}
+        """
+
+
 rule training_curves:
     input:
         f"{CKPT}/{{experiment}}/metrics.jsonl",

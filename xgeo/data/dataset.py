@@ -6,6 +6,13 @@ nan_value; clip to valid_range), then, when ``normalize``, ``(x - mean) / std`` 
 statistics; pixels the convention marks invalid (a sensor's nodata, e.g. DSM -9999) become the band mean (0 after
 normalisation). Labels: ``multilabel`` as float32 (C,) (for BCE), per-pixel masks as int64 (H, W).
 
+Validity (``valid=``): ``"valid/<key>"`` bool (H, W), True where the pixel holds data: computed from the stored raw
+values (before the convention and normalisation), False where every band equals the modality's nodata value (the
+sensor's, recorded by convert in ``<key>/data`` attrs ``nodata``; e.g. WorldView-3 DN 0 on SpaceNet 2's zero-filled
+borders; or a value given per key, e.g. Sentinel-2 L1C's NODATA 0 in SEN12MS-CR) or any band is not finite. Every
+band, not any: the nodata of these products is a zero-filled area, and one band at 0 can be a value (Sentinel-2 B10,
+cirrus, over clear sky). The metrics use it to leave nodata pixels out (``xgeo.metrics.ImageMeter``).
+
 Only plain metadata is read in ``__init__``; file handles open lazily in the process that reads (each DataLoader
 worker opens its own), so the dataset works with any ``num_workers``.
 """
@@ -13,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,13 +41,15 @@ class ZarrDataset(torch.utils.data.Dataset):
     ``{key: ndarray (C, H, W)}`` (e.g. a RandomResizedCrop's window, the same for a co-located pair), so that the
     value convention and normalisation run on the crop only (resize it in ``augment``); raw: return the tiles in
     their native dtype, untouched (value convention, crop and normalisation then run on the training device:
-    ``xgeo.data.device.crop_normalize``).
+    ``xgeo.data.device.crop_normalize``); valid: modality keys whose validity mask to return (see the module doc),
+    a sequence (the store's recorded nodata) or a mapping key -> nodata value (None: the store's).
     """
 
     def __init__(self, path: str | os.PathLike, modalities: Sequence[str] | None = None, split: str | None = "train",
                  indices: Sequence[int] | None = None, labels: Sequence[str] = (), normalize: bool = True,
                  augment: Callable[[dict], dict] | None = None,
-                 crop: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None, raw: bool = False):
+                 crop: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None, raw: bool = False,
+                 valid: Sequence[str] | Mapping[str, float | None] = ()):
         self.path = Path(path)
         root = open_store(self.path)
         attrs = dict(root.attrs)
@@ -83,6 +92,13 @@ class ZarrDataset(torch.utils.data.Dataset):
             self._std[k] = np.where(np.isfinite(std) & (std > 0), std, 1.0).astype(np.float32)
             self._sensor[k] = SENSORS[available[k]["sensor"]]
         self.normalize, self.augment, self.crop, self.raw = normalize, augment, crop, raw
+        wanted = dict(valid) if isinstance(valid, Mapping) else {k: None for k in valid}
+        self.nodata: dict[str, float | None] = {}  # key -> the nodata value its validity mask uses
+        for k, value in wanted.items():
+            if k not in keys:
+                raise DataError(f"{self.path}: expected a validity request among the modalities read {keys}, "
+                                f"found {k!r}")
+            self.nodata[k] = value if value is not None else dict(root[f"{k}/data"].attrs).get("nodata")
         self._readers: dict[str, ChunkReader] | None = None
         self._pid = None
 
@@ -136,6 +152,8 @@ class ZarrDataset(torch.utils.data.Dataset):
             raw = self.crop(raw)
         for k in self.keys:
             out[k] = torch.from_numpy(raw[k].copy()) if self.raw else self.load(k, raw[k])
+        for k, nodata in self.nodata.items():
+            out[f"valid/{k}"] = torch.from_numpy(valid_pixels(raw[k], nodata))
         for name in self.label_names:
             y = readers[f"labels/{name}"][idx]
             out[f"labels/{name}"] = torch.from_numpy(y.astype(np.float32 if y.ndim == 1 else np.int64))
@@ -143,3 +161,13 @@ class ZarrDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             out = self.augment(out)
         return out
+
+
+def valid_pixels(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Stored tile (C, H, W) -> bool (H, W): False where every band equals ``nodata`` or any band is not finite."""
+    bad = np.zeros(raw.shape[-2:], dtype=bool)
+    if nodata is not None:
+        bad |= (raw == nodata).all(axis=0)
+    if np.issubdtype(raw.dtype, np.floating):
+        bad |= ~np.isfinite(raw).all(axis=0)
+    return ~bad

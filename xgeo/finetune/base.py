@@ -219,7 +219,17 @@ class Task(abc.ABC):
         from ..data.dataset import ZarrDataset
 
         return ZarrDataset(self.path, modalities=self.read_keys(), split=split, indices=indices,
-                           labels=self.labels)
+                           labels=self.labels, valid=self.nodata())
+
+    def during_training(self, ds, loader, n_train: int, steps: int):
+        """An on_step(step, net) callback evaluating on ``ds`` during training (e.g. BigEarthNet's best-epoch
+        literature protocol), or None."""
+        return None
+
+    def nodata(self) -> dict[str, float | None]:
+        """Modalities whose per-pixel validity a sample carries (``valid/<key>``) -> their nodata value (None: the
+        one convert recorded in the store); see :class:`xgeo.data.dataset.ZarrDataset`."""
+        return {}
 
     def steps_for(self, n_train: int) -> tuple[int, int]:
         """(total steps, warm-up steps) from steps/epochs and warmup_steps/warmup_epochs."""
@@ -250,6 +260,10 @@ class ImageTask(Task):
         """-> (encoder inputs [(B, C_i, H, W)], target on [0, 1] (B, C_t, H, W), base on [0, 1] or None).
 
         The network predicts ``target - base`` when a base is given (pan-sharpening: the upsampled MUL)."""
+
+    def valid_mask(self, batch: dict) -> torch.Tensor | None:
+        """(B, H, W) bool on the target's grid: the pixels the metrics count (nodata left out); None: every pixel."""
+        return None
 
     def build_head(self, channels: Sequence[int]) -> nn.Module:
         from .heads import SimMIMDecoder
@@ -287,18 +301,20 @@ class ImageTask(Task):
         net.eval()
         meter = ImageMeter(1.0)
         keep = set(self.sample_tiles(len(ds)).tolist())
-        saved: dict[str, list] = {"outputs": [], "targets": [], "inputs": [], "index": []}
+        saved: dict[str, list] = {"outputs": [], "targets": [], "inputs": [], "index": [], "valid": []}
         pos = 0
         for batch in loader:
             xs, target, base = self.prepare(batch)
             pred = self.predict(net, xs, base)
-            meter.update(pred, target)
+            valid = self.valid_mask(batch)
+            meter.update(pred, target, valid)
             for b in range(pred.shape[0]):
                 if pos + b in keep:
                     saved["outputs"].append(pred[b].float().numpy())
                     saved["targets"].append(target[b].float().numpy())
                     saved["inputs"].append(self.display_input(batch, b))
                     saved["index"].append(int(batch["index"][b]))
+                    saved["valid"].append(np.ones(pred.shape[-2:], bool) if valid is None else valid[b].cpu().numpy())
             pos += pred.shape[0]
         m = meter.compute()
         arrays = {k: np.stack(v) for k, v in saved.items()}
@@ -307,12 +323,13 @@ class ImageTask(Task):
             # the whole set is saved: report the metrics of exactly the saved (float32) arrays
             from ..metrics import image_scores
 
-            m = image_scores(arrays["outputs"], arrays["targets"])
+            m = image_scores(arrays["outputs"], arrays["targets"], valid=arrays["valid"])
         bands = list(self.out_bands or get_sensor(self.target_sensor).band_names)
         result = {"MAE": m["MAE"], "SAM": m["SAM"], "SSIM": m["SSIM"], "PSNR": m["PSNR"],
                   "MAE_per_band": dict(zip(bands, m["MAE_per_band"])),
                   "PSNR_per_band": dict(zip(bands, m["PSNR_per_band"])),
-                  "PSNR_undefined_images": m["PSNR_undefined_images"], "metrics_note": m["note"],
+                  "PSNR_undefined_images": m["PSNR_undefined_images"],
+                  "SSIM_undefined_images": m["SSIM_undefined_images"], "metrics_note": m["note"],
                   "eval_split": self.eval_split(), "eval_samples": len(ds), "scale": self.scale_note}
         return result, arrays, self.figures(arrays)
 

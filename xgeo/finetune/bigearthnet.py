@@ -7,7 +7,9 @@ input through the same encoder with its own sensor's embedding and concatenates 
 Tiles are resized (bilinear) to ``image_size`` when the store's tile size differs. No augmentation.
 
 Loss: MultiLabelSoftMarginLoss (GFM). Metric: mAP over the whole evaluation split (``val``, as GFM and SeCo),
-micro and macro (see :mod:`xgeo.metrics`), and AP per class.
+micro and macro (see :mod:`xgeo.metrics`), and AP per class, of the final model. ``protocol: literature`` adds the
+cited papers' number, ``mAP_micro_per_batch``: the per-batch micro AP averaged, evaluated every epoch (or every
+``literature_eval_every`` steps) and at the end, the best kept (with its step, ``mAP_micro_per_batch_best_step``).
 
 Training subsets, drawn from the train split with ``numpy.random.default_rng(finetune.bigearthnet.subset_seed)``
 and saved as ``train_ids.txt`` in the run directory:
@@ -106,6 +108,46 @@ class BigEarthNet(Task):
                             f"{protocol!r}")
         return protocol
 
+    literature_history: list = []   # (step, per-batch micro mAP) of the evaluations during training
+    literature_final_step: int = 0
+
+    def during_training(self, ds, loader, n_train: int, steps: int):
+        """With ``protocol: literature``: on_step(step, net) evaluating the per-batch micro mAP on ``ds`` every
+        ``literature_eval_every`` steps (null: every epoch, ceil(n_train / batch_size) steps), as GFM and SeCo
+        evaluate each epoch and keep the best; :meth:`evaluate` adds the final model and reports the maximum.
+        The network's mode and the random streams are restored, so training runs as without it. None otherwise."""
+        self.literature_history, self.literature_final_step = [], int(steps)
+        if self.protocol != "literature":
+            return None
+        every = self.s.get("literature_eval_every")
+        every = int(every) if every else max(1, -(-int(n_train) // int(self.s["batch_size"])))
+        if every < 1:
+            raise XGeoError(f"params finetune.bigearthnet.literature_eval_every: expected a step count >= 1 or null, "
+                            f"found {every}")
+
+        def on_step(step: int, net) -> None:
+            if step % every or step == steps:  # the final model is evaluated by evaluate()
+                return
+            training, rng = net.training, torch.get_rng_state()
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            try:
+                with torch.no_grad():
+                    net.eval()
+                    scores, targets = [], []
+                    for batch in loader:
+                        logits, _ = net([x.to(self.device) for x in self._inputs(batch)])
+                        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+                        targets.append(batch[f"labels/{LABEL}"].numpy().astype(np.uint8))
+                value = metrics.per_batch_micro_map(np.concatenate(scores), np.concatenate(targets), loader.batch_size)
+                self.literature_history.append((int(step), value))
+            finally:
+                net.train(training)
+                torch.set_rng_state(rng)
+                if cuda is not None:
+                    torch.cuda.set_rng_state_all(cuda)
+
+        return on_step
+
     def _inputs(self, batch: dict) -> list[torch.Tensor]:
         xs = [batch[i.key] for i in self.input_specs()]
         if xs[0].shape[-1] != self.image_size:
@@ -143,9 +185,13 @@ class BigEarthNet(Task):
                   "classes_without_positives": [self.class_names[k] for k in m["classes_without_positives"]],
                   "eval_split": self.eval_split(), "eval_samples": int(len(scores))}
         if self.protocol == "literature":
-            # the cited papers' way beside ours: per-batch micro AP averaged (of the final model; the papers also
-            # keep the best epoch, which this single evaluation does not do)
-            result["mAP_micro_per_batch"] = metrics.per_batch_micro_map(scores, targets, loader.batch_size)
+            # the cited papers' way beside ours: per-batch micro AP averaged, the best of the evaluations made during
+            # training (see during_training) and of this final one; mAP_micro stays the final model's
+            final = metrics.per_batch_micro_map(scores, targets, loader.batch_size)
+            history = [*self.literature_history, (self.literature_final_step, final)]
+            best_step, best = max(history, key=lambda h: (h[1], -h[0]))  # the earliest of equal maxima
+            result.update(mAP_micro_per_batch=best, mAP_micro_per_batch_best_step=best_step,
+                          mAP_micro_per_batch_final=final, mAP_micro_per_batch_evaluations=len(history))
         arrays = {"scores": scores, "targets": targets, "labels": (scores >= 0.5).astype(np.uint8),
                   "index": np.concatenate(index), "class_names": np.asarray(self.class_names)}
         return result, arrays, []

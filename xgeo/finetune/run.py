@@ -130,6 +130,19 @@ def _loader(ds, batch_size: int, shuffle: bool, params: Mapping, drop_last: bool
                                        num_workers=workers, drop_last=drop_last, pin_memory=pin)
 
 
+def _chain(*callbacks):
+    """One on_step callback calling each given one in order (None when none is given)."""
+    given = [c for c in callbacks if c is not None]
+    if len(given) <= 1:
+        return given[0] if given else None
+
+    def on_step(step, model) -> None:
+        for c in given:
+            c(step, model)
+
+    return on_step
+
+
 def _rank_batch(task: str, batch_size: int, n_train: int, world: int) -> int:
     """Samples per process and step: the global ``batch_size`` (at most the training set) split over ``world``."""
     if batch_size % world:
@@ -229,6 +242,8 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
         run.log_input(f"{t.dataset}:train", store_digest, "train", len(train_ds), t.path)
         run.log_input(f"{t.dataset}:{t.eval_split()}", store_digest, t.eval_split(), len(eval_ds), t.path)
         loader = _loader(train_ds, batch_size, True, params, drop_last=True, procs=procs, shard=True)
+        eval_loader = _loader(eval_ds, int(params["finetune"]["eval_batch_size"]), False, params, procs=procs)
+        on_step = _chain(on_step, t.during_training(eval_ds, eval_loader, len(train_ds), total) if procs.is_main else None)
         losses = train(net, step_loss, loader, settings, total, desc=f"finetune {task}", log=run.log_metrics,
                        log_every=int(params["finetune"].get("log_every", 10)), device=procs.device,
                        precision=lambda: autocast(amp, procs.device, "finetune.amp"),
@@ -237,8 +252,7 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
         if not procs.is_main:
             return {}
         with autocast(amp, procs.device, "finetune.amp"):
-            result, arrays, figures = t.evaluate(net, eval_ds, _loader(eval_ds, int(params["finetune"]["eval_batch_size"]),
-                                                                      False, params, procs=procs), out)
+            result, arrays, figures = t.evaluate(net, eval_ds, eval_loader, out)
         result = dict(result, task=task, protocol=t.protocol, metric=t.metric,
                       final_train_loss=losses[-1] if losses else None)
         run.log_metrics(_numeric(result))

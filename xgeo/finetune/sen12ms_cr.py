@@ -6,7 +6,8 @@ embedding built from the S2 and S1 embeddings; ``[s2_cloudy]`` alone for the opt
 Decoder: SimMIM's Conv2d(C_last, 32^2 x 13, 1) + PixelShuffle(32) (appendix C.2). Target and output are S2
 reflectance scaled to [0, 1] (x / 10000, clipped: the S2 value convention of xgeo.sensors); loss L1 on that scale;
 no random augmentation (appendix C.2), random crops of ``image_size`` when tiles are larger (paper: 160 of 256).
-Evaluation over the whole ``test`` split (ROI split of the catalog), whole tiles by sliding windows.
+Evaluation over the whole ``test`` split (ROI split of the catalog), whole tiles by sliding windows; target pixels
+where every band holds L1C's NODATA (0) are left out of MAE, SAM, SSIM and PSNR.
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from .base import ImageTask, InputSpec
 
 TARGET = "s2"
 RGB = ("B04", "B03", "B02")
+# Sentinel-2 L1C's NODATA value (ESA's product specification: 0 outside the swath, the zero-filled patch borders);
+# the s2 sensor has no nodata (a 0 in BigEarthNet or SEN12MS pretraining tiles stays a value), so only this task's
+# metrics leave such target pixels out
+NODATA = 0.0
 
 
 class Sen12msCR(ImageTask):
@@ -35,6 +40,12 @@ class Sen12msCR(ImageTask):
     @property
     def out_bands(self) -> tuple[str, ...]:
         return self.spec_for(TARGET).bands
+
+    def nodata(self) -> dict[str, float | None]:
+        return {TARGET: NODATA}
+
+    def valid_mask(self, batch: dict) -> torch.Tensor:
+        return batch[f"valid/{TARGET}"]
 
     def prepare(self, batch: dict):
         xs = [batch[i.key] for i in self.input_specs()]

@@ -11,7 +11,8 @@ Upsampling is bicubic (align_corners=False). Inputs stacked as channels: [PAN, M
 embedding adapted to the two WorldView-3 sensors by band wavelength (neither is a pretraining sensor). The
 SimMIM decoder predicts the residual over the upsampled MUL; output and target are 11-bit DN / 2047 clipped to
 [0, 1] (the valid range of xgeo.sensors), on which PSNR and SSIM (data_range 1) are computed. Evaluation over the
-``val`` split (the seeded 80/20 split by image id of the store), whole tiles by sliding windows.
+``val`` split (the seeded 80/20 split by image id of the store), whole tiles by sliding windows; nodata pixels
+(WorldView-3 DN 0, the zero-filled image borders) are left out of MAE, SAM, SSIM and PSNR (:meth:`valid_mask`).
 """
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ class SpaceNet2(ImageTask):
     def out_bands(self) -> tuple[str, ...]:
         return self.spec_for("mul").bands
 
+    def nodata(self) -> dict[str, float | None]:
+        # WorldView-3 DN 0: the zero-filled borders of SpaceNet 2's PAN / MUL tiles (the sensor's nodata, in the store)
+        return {k: None for k in self.read_keys()}
+
+    def valid_mask(self, batch: dict) -> torch.Tensor:
+        """supervised: pixels where MUL-PanSharpen and PAN hold data; wald: where the original MUL (the target)
+        does. The upsampled MUL input is not masked: its nodata shows as a nodata target at the same place."""
+        if self.protocol == "supervised":
+            return batch["valid/mul_pansharpen"] & batch["valid/pan"]
+        return batch["valid/mul"]
+
     def _up(self, x: torch.Tensor, size) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
 
@@ -77,7 +89,7 @@ class SpaceNet2(ImageTask):
         return [pan, up], target, self.unit("mul", up)
 
     def display_input(self, batch: dict, b: int) -> np.ndarray:
-        xs, _, base = self.prepare({k: v[b:b + 1] for k, v in batch.items() if k != "index"})
+        xs, _, base = self.prepare({k: v[b:b + 1] for k, v in batch.items() if k != "index" and not k.startswith("valid/")})
         return base[0, [list(self.out_bands).index(n) for n in RGB]].float().numpy()
 
     def figures(self, arrays: dict) -> list:
