@@ -161,3 +161,34 @@ def test_snakemake_lint_is_clean(root, workdir):
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in text, text[-3000:]
     assert "Congratulations, your workflow is in a good condition" in text
+
+
+def dry_run_jobs(text: str) -> list[dict]:
+    """The job blocks of a dry run: [{'rule': name, 'wildcards': '...', 'priority': n, 'threads': n}]."""
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", text, flags=re.M)[1:]:
+        rule = block.split(":", 1)[0].strip()
+        fields = dict(re.findall(r"^\s+(wildcards|priority|threads): (.*)$", block, re.M))
+        jobs.append({"rule": rule, "wildcards": fields.get("wildcards", ""),
+                     "priority": int(fields.get("priority", 0)), "threads": int(fields.get("threads", 1))})
+    return jobs
+
+
+def test_critical_path_is_scheduled_first(root, workdir):
+    """Pretraining data -> pretrain carry a priority above every other job of table3 (Snakemake starts them first)
+    and the demo's pretraining takes one core, so a 1-thread job can run beside it instead of it waiting for both."""
+    res = snakemake(root, workdir, "-n", "results/table3.csv")
+    assert res.returncode == 0, res.stderr
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    jobs = dry_run_jobs(res.stdout)
+    assert params["workflow"]["pretrain"]["threads"] == 1
+    pretrain = [j for j in jobs if j["rule"] == "pretrain"]
+    assert len(pretrain) == 1 and pretrain[0]["threads"] == 1 and pretrain[0]["priority"] > 0
+    critical = {f"dataset={d}" for d in params["data"]["pretrain"]}
+    # the raw jobs (same priority function) print their message instead of their fields in a dry run
+    data_jobs = [j for j in jobs if j["rule"] == "convert"]
+    assert len(data_jobs) == len(set(params["data"]["pretrain"]) | set(params["data"]["downstream"]))
+    for j in data_jobs:
+        assert j["priority"] == (pretrain[0]["priority"] if j["wildcards"] in critical else 0), j
+    others = [j for j in jobs if j["rule"] not in ("raw", "convert", "pretrain")]
+    assert others and max(j["priority"] for j in others) < pretrain[0]["priority"]

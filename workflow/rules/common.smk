@@ -201,3 +201,26 @@ def finetune_launcher(wildcards, resources):
         return (f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
                 f"--nproc_per_node {resources.gpu} -m xgeo.cli")
     return XGEO
+
+
+# ---- scheduling. The critical path of a run is pretraining data -> pretrain -> the finetunes from its checkpoint:
+# the raw and convert jobs of the pretraining stores (data.smk) and the pretrain rule carry CRITICAL_PRIORITY, so
+# Snakemake starts them before the downstream data and the finetunes from other weights, which fill the other cores.
+# (A rule's priority: applies to its own jobs only; Snakemake does not raise the jobs they wait for.)
+CRITICAL_PRIORITY = 50
+
+
+@functools.cache
+def pretrain_datasets():
+    """Every dataset some experiment pretrains on: data.pretrain and the datasets of each experiment's groups."""
+    from xgeo.pretrain.groups import effective_groups
+
+    names = set(PARAMS["data"]["pretrain"])
+    for experiment in [None, *PARAMS.get("experiments", {})]:
+        names |= {d for g in effective_groups(exp_params(experiment)).values() for d in g["datasets"]}
+    return names
+
+
+def data_priority(wildcards):
+    """CRITICAL_PRIORITY for the raw data and stores that pretraining reads, 0 for the others."""
+    return CRITICAL_PRIORITY if wildcards.dataset in pretrain_datasets() else 0

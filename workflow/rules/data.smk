@@ -1,4 +1,5 @@
 # Raw data (synthesised, or downloaded/verified by data.source) -> one Zarr v3 store per dataset.
+# The stores that pretraining reads go first (priority: data_priority, common.smk).
 
 
 # The raw folder is named by path, not declared as a directory() output: Snakemake deletes a directory output
@@ -15,6 +16,7 @@ rule raw:
         "logs/data/raw_{dataset}.log",
     message:
         f"raw {{wildcards.dataset}} (data.source: {PARAMS['data']['source']})"
+    priority: data_priority
     threads: PARAMS["workflow"]["data"]["threads"]
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
@@ -41,6 +43,7 @@ rule convert_part:
         temp(directory(f"{ZARR}/{{dataset}}.zarr.parts/{{k}}-of-{{n}}.zarr")),
     log:
         "logs/data/convert_{dataset}_part{k}-of-{n}.log",
+    priority: data_priority
     threads: PARAMS["workflow"]["data"]["threads"]
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],
@@ -70,6 +73,7 @@ rule convert:
         directory(f"{ZARR}/{{dataset}}.zarr"),
     log:
         "logs/data/convert_{dataset}.log",
+    priority: data_priority
     threads: PARAMS["workflow"]["data"]["threads"]
     resources:
         mem_mb=PARAMS["workflow"]["data"]["mem_mb"],

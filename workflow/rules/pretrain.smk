@@ -17,6 +17,7 @@ rule pretrain:
         launcher=launcher,
         settings=pretrain_digest,
         run=pretrain_run_dir,
+    priority: CRITICAL_PRIORITY  # the critical path (common.smk): started as soon as its stores exist
     threads: PARAMS["workflow"]["pretrain"]["threads"]
     resources:
         gpu=PARAMS["workflow"]["pretrain"]["gpu"],

@@ -230,16 +230,25 @@ def _read_unit(reader, raw: Path, spec: DatasetSpec, params: dict, unit: tuple) 
     import torch
 
     torch.set_num_threads(1)  # one decoding process, one thread
-    return list(reader(raw, unit, spec, params))
+    with _gdal_env():
+        return list(reader(raw, unit, spec, params))
+
+
+def _gdal_env():
+    """One GDAL environment around many reads: without it every rasterio.open sets one up and tears it down."""
+    import rasterio
+
+    return rasterio.Env()
 
 
 def _samples(layout: Layout, raw: Path, units: list, spec: DatasetSpec, params: dict, workers: int, desc: str):
     """The samples of ``units`` in order; decoded in ``workers`` processes when > 1 (bounded look-ahead)."""
     bar = tqdm(total=len(units), desc=desc, unit="file", mininterval=1.0)
     if workers <= 1 or len(units) < 2:
-        for unit in units:
-            yield from layout.read(raw, unit, spec, params)
-            bar.update(1)
+        with _gdal_env():
+            for unit in units:
+                yield from layout.read(raw, unit, spec, params)
+                bar.update(1)
         bar.close()
         return
     import functools

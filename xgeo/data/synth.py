@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import rasterio
 
 from ..errors import XGeoError
 from ..io import atomic_path
@@ -44,7 +45,8 @@ def synthesize(dataset: str, directory: Path, params: dict, seed: int, layout: s
                         "found none; see params.yaml") from None
     # one stream per (seed, dataset): synthesising one dataset does not shift another's bytes
     rng = np.random.default_rng([int(seed), zlib.crc32(dataset.encode())])
-    with atomic_path(Path(directory), directory=True) as tmp:
+    # one GDAL environment for the whole run: without it every rasterio.open sets one up and tears it down
+    with rasterio.Env(), atomic_path(Path(directory), directory=True) as tmp:
         sink = Sink(tmp, dataset)
         try:
             WRITERS[dataset](sink, CATALOG[dataset], cfg, rng)
