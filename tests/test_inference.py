@@ -111,11 +111,14 @@ def test_blend_weights_are_smooth_positive_and_sum_to_one():
     np.testing.assert_allclose(acc, 1.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("size, stride, margin", [(32, 16, 8), (32, 32, 0), (64, 20, 31)])
-def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path, size, stride, margin):
-    """A stand-in model that is a 1x1 convolution: the blended scene equals the convolution of the whole scene."""
+@pytest.mark.parametrize("size, stride, margin, band", [(32, 16, 8, None), (32, 32, 0, None), (64, 20, 31, None),
+                                                        (32, 16, 8, 32), (32, 12, 8, 40), (64, 20, 31, 64)])
+def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path, size, stride, margin, band):
+    """A stand-in model that is a 1x1 convolution: the blended scene equals the convolution of the whole scene,
+    in one band or cut into bands of columns (windows reaching across a band's edge are run once)."""
     from xgeo.inference.align import InputSpec, Scene
     from xgeo.inference.predict import blend_scene
+    from xgeo.inference.windows import blend_grid
 
     rng = np.random.default_rng(0)
     H, W = 101, 77
@@ -133,16 +136,23 @@ def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path
             return conv(torch.from_numpy(raw["s1"])).numpy()
 
     out = np.full((3, H, W), np.nan, np.float32)
-    seen = np.zeros(H, int)
+    seen = np.zeros((H, W), int)
+    ran = []
 
-    def emit(block, valid, row0):
-        out[:, row0:row0 + block.shape[1]] = block
-        seen[row0:row0 + block.shape[1]] += 1
+    def emit(block, valid, row0, col0):
+        out[:, row0:row0 + block.shape[1], col0:col0 + block.shape[2]] = block
+        seen[row0:row0 + block.shape[1], col0:col0 + block.shape[2]] += 1
+
+    def counted(raw, valid):
+        ran.append(len(raw["s1"]))
+        return fn(raw, valid)
 
     with Scene([InputSpec("s1", "s1", path, ("VV", "VH"))]) as scene:
-        blend_scene(scene, fn, 3, emit, size=size, stride=stride, margin=margin, batch_size=5, progress=False)
+        blend_scene(scene, counted, 3, emit, size=size, stride=stride, margin=margin, batch_size=5, progress=False,
+                    band=band)
     expected = np.einsum("kc,chw->khw", weight, np.clip(s1, -25, 0)) + bias[:, None, None]
-    assert (seen == 1).all()  # each row written exactly once
+    assert (seen == 1).all()  # each pixel written exactly once
+    assert sum(ran) == len(blend_grid(H, W, size, stride, margin)) and max(ran) <= 5  # each window run once
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
 
@@ -364,7 +374,7 @@ import sys, tracemalloc, numpy as np, rasterio
 from rasterio.transform import from_origin
 from xgeo.inference.align import InputSpec, Scene
 from xgeo.inference.predict import blend_scene
-side, path = int(sys.argv[1]), sys.argv[2]
+side, path, band = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=2, dtype="float32", crs="EPSG:32632",
                    transform=from_origin(0, 0, 10, 10), tiled=True) as ds:
     for r in range(0, side, 256):
@@ -372,25 +382,26 @@ with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=2, 
 rows = []
 tracemalloc.start()
 with Scene([InputSpec("s1", "s1", path, ("VV", "VH"))]) as scene:
-    blend_scene(scene, lambda raw, valid: raw["s1"] * 2.0, 2, lambda b, v, r0: rows.append(b.shape[1]),
-                size=128, stride=64, margin=32, batch_size=8, progress=False)
+    blend_scene(scene, lambda raw, valid: raw["s1"] * 2.0, 2, lambda b, v, r0, c0: rows.append(b[0].size),
+                size=128, stride=64, margin=32, batch_size=8, progress=False, band=band)
 print(tracemalloc.get_traced_memory()[1], sum(rows))
 """
 
 
 def test_peak_memory_does_not_grow_with_the_scene(tmp_path):
-    """Blending a 2048 px scene (32 MiB of input) peaks at about the memory of a 512 px one: the strip, not the scene."""
+    """Blending a 2048 px scene (32 MiB of input) in bands of 256 px peaks at the memory of a 512 px one: one strip
+    of one band, neither the scene nor its width; in one band as wide as the scene, memory grows with the width."""
     peaks = {}
-    for side in (512, 2048):
-        res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(side), str(tmp_path / f"{side}.tif")],
-                             capture_output=True, text=True, check=True, cwd=ROOT)
-        peak, rows = map(int, res.stdout.split())
-        assert rows == side
-        peaks[side] = peak
+    for side, band in ((512, 256), (2048, 256), (2048, 2048)):
+        res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(side), str(tmp_path / f"{side}.tif"),
+                              str(band)], capture_output=True, text=True, check=True, cwd=ROOT)
+        peak, pixels = map(int, res.stdout.split())
+        assert pixels == side * side  # every pixel emitted once
+        peaks[side, band] = peak
     scene_bytes = 2 * 2048 * 2048 * 4
-    assert peaks[2048] < scene_bytes / 3, peaks
-    # the strip grows with the width only (4x here), far less than the area (16x)
-    assert peaks[2048] < 2.5 * peaks[512], peaks
+    assert peaks[2048, 256] < scene_bytes / 5, peaks
+    assert peaks[2048, 256] < 1.25 * peaks[512, 256], peaks  # 16x the area, 4x the width: flat
+    assert peaks[2048, 2048] > 2 * peaks[2048, 256], peaks  # what the bands save
 
 
 def test_xgeo_finetune_writes_the_model_that_xgeo_predict_reads(tmp_path, load):
