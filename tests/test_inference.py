@@ -156,6 +156,27 @@ def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
 
+def test_tile_rows_writes_whole_rows_of_tiles_and_argmax_matches_numpy():
+    from xgeo.inference.predict import argmax_classes
+    from xgeo.inference.writers import TileRows
+
+    out, writes = np.zeros((2, 50, 48)), []
+    writer = SimpleNamespace(block=(16, 16))
+    writer.write = lambda b, r, c: (writes.append((r, b.shape[1], c)), out.__setitem__(
+        (slice(None), slice(r, r + b.shape[1]), slice(c, c + b.shape[2])), b))
+    rows = TileRows(writer, 50)
+    data = np.random.default_rng(0).normal(size=(2, 50, 48))
+    for c0, c1 in ((0, 32), (32, 48)):  # two bands of columns, each top to bottom in pieces of 7 rows
+        for r in range(0, 50, 7):
+            rows.write(data[:, r:r + 7, c0:c1], r, c0)
+    rows.flush()
+    np.testing.assert_array_equal(out, data)
+    assert writes == [(r, h, c) for c in (0, 32) for r, h in ((0, 16), (16, 16), (32, 16), (48, 2))]
+    logits = np.random.default_rng(1).normal(size=(6, 40, 30)).astype(np.float32)
+    logits[2, :4] = logits[4, :4] = 9.0  # ties go to the first class, as numpy's
+    np.testing.assert_array_equal(argmax_classes(logits), logits.argmax(0))
+
+
 # -------------------------------------------------------------------------------------------------------- embed
 def test_embed_array_normalises_with_the_given_statistics(encoder):
     rng = np.random.default_rng(1)

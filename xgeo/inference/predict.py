@@ -39,7 +39,7 @@ from ..errors import CheckpointError, XGeoError
 from ..sensors import get_sensor
 from .align import InputSpec, Scene
 from .windows import Window, blend_axes, blend_weight, check_scene, tile_grid
-from .writers import RasterWriter, check_output, gdal_env
+from .writers import RasterWriter, TileRows, check_output, gdal_env
 
 RESIDUAL_BASE = {"spacenet2": "mul"}  # tasks whose network predicts the residual over this input on [0, 1]
 NODATA_CLASS = 255
@@ -66,6 +66,7 @@ class BandBlender:
         self.valid = np.zeros((size, hi - lo), bool)
         self.base = top  # scene row of strip row 0
         self.weight = weight
+        self._product = np.empty((channels, size, size), np.float32)
         self.emit = emit
 
     def _flush(self, n: int) -> None:
@@ -89,7 +90,8 @@ class BandBlender:
             self._flush(win.row - self.base)  # stride <= size: the strip holds every unfinished row
         c = win.col - self.lo
         if out is not None:
-            self.acc[:, :, c:c + self.size] += out * self.weight
+            np.multiply(out, self.weight, out=self._product)
+            self.acc[:, :, c:c + self.size] += self._product
             self.valid[:, c:c + self.size] |= valid
         self.wsum[:, c:c + self.size] += self.weight
 
@@ -214,6 +216,19 @@ def blend_scene(scene: Scene, window_fn: WindowFn, channels: int, emit, *, size:
     return skipped
 
 
+def argmax_classes(logits: np.ndarray) -> np.ndarray:
+    """(C, h, w) -> (h, w) uint8 index of the largest channel (the first on ties, as ``argmax``): one pass per
+    class over contiguous planes, faster than numpy's ``argmax(0)`` across planes."""
+    best = logits[0].copy()
+    cls = np.zeros(best.shape, np.uint8)
+    more = np.empty(best.shape, bool)
+    for c in range(1, len(logits)):
+        np.greater(logits[c], best, out=more)
+        np.copyto(cls, np.uint8(c), where=more)
+        np.maximum(best, logits[c], out=best)
+    return cls
+
+
 def finetuned_window_fn(model) -> WindowFn:
     """The window function of a :class:`xgeo.inference.api.Finetuned` dense task: normalise each input, run the
     network, add the residual's base; outputs logits (segmentation) or the image on [0, 1]."""
@@ -285,9 +300,9 @@ def predict_scene(model, images: Mapping[str, str], out: str | Path, *, window: 
                                   colormap={i: tuple(c) + (255,) for i, c in enumerate(colours)} or None)
 
             def emit(block, valid, row0, col0):
-                cls = block.argmax(0).astype(np.uint8)
+                cls = argmax_classes(block)
                 cls[~valid] = NODATA_CLASS
-                writer.write(cls[None], row0, col0)
+                rows.write(cls[None], row0, col0)
         else:
             bands = list(model.info["out_bands"] or [])
             channels = len(bands)
@@ -300,12 +315,14 @@ def predict_scene(model, images: Mapping[str, str], out: str | Path, *, window: 
             def emit(block, valid, row0, col0):
                 img = (block * (hi - lo) + lo).astype(np.float32)
                 img[:, ~valid] = np.nan
-                writer.write(img, row0, col0)
+                rows.write(img, row0, col0)
 
         with writer:
+            rows = TileRows(writer, scene.height)
             skipped = blend_scene(scene, finetuned_window_fn(model), channels, emit, size=size, stride=stride,
                                   margin=margin, batch_size=batch_size, progress=progress,
                                   desc=f"predict {model.task}", on_batch=on_batch)
+            rows.flush()
         return {"out": str(out), "task": model.task, "window": size, "stride": stride, "margin": margin,
                 "skipped": skipped, "alignment": scene.alignment}
 

@@ -50,15 +50,18 @@ class RasterWriter(contextlib.AbstractContextManager):
         import rasterio
 
         self.path, self.cog, self.overview_resampling = Path(path), cog, overview_resampling
+        self.block = (block or _block(height), block or _block(width))
         self._final = atomic_path(self.path)
         self._tmp = self._final.__enter__()
         self._work = self._tmp.with_name(self._tmp.name + ".gtiff") if cog else self._tmp
+        # a COG is re-encoded from the working file at the end: that one only needs to be cheap to write and read
+        codec = (dict(compress="zstd", zstd_level=1) if cog else
+                 dict(compress="deflate", predictor=3 if np.dtype(dtype).kind == "f" else 2))
         try:
             self.ds = rasterio.open(
                 self._work, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
-                transform=transform, nodata=nodata, tiled=True, blockxsize=block or _block(width),
-                blockysize=block or _block(height),
-                compress="deflate", predictor=3 if np.dtype(dtype).kind == "f" else 2, bigtiff="if_safer")
+                transform=transform, nodata=nodata, tiled=True, blockxsize=self.block[1], blockysize=self.block[0],
+                bigtiff="if_safer", **codec)
             for i, d in enumerate(descriptions or [], start=1):
                 self.ds.set_band_description(i, str(d))
             if tags:
@@ -93,13 +96,48 @@ class RasterWriter(contextlib.AbstractContextManager):
 
                 rasterio.shutil.copy(self._work, self._tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256,
                                      OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=self.overview_resampling.upper(),
-                                     BIGTIFF="IF_SAFER")
+                                     BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
                 Path(self._work).unlink(missing_ok=True)
         except BaseException as err:
             self._abort(err)
             raise
         self._final.__exit__(None, None, None)
         return None
+
+
+class TileRows:
+    """Pieces of a raster arriving top to bottom in one column range at a time (``write(block, row, col)``), handed
+    to ``writer`` in whole rows of its tiles: GDAL then encodes each tile once, not once per piece. Holds at most
+    one row of tiles of one column range."""
+
+    def __init__(self, writer: RasterWriter, height: int) -> None:
+        self.writer, self.height, self.tile = writer, height, writer.block[0]
+        self._pieces: list[np.ndarray] = []
+        self._row = self._col = self._rows = 0
+
+    def write(self, block: np.ndarray, row: int, col: int) -> None:
+        if self._pieces and (col != self._col or block.shape[2] != self._pieces[0].shape[2]
+                             or row != self._row + self._rows):
+            self.flush()
+        if not self._pieces:
+            self._row, self._col, self._rows = row, col, 0
+        self._pieces.append(block)
+        self._rows += block.shape[1]
+        end = self._row + self._rows
+        edge = end if end == self.height else end // self.tile * self.tile  # the last tile edge reached
+        if edge > self._row:
+            self.flush(edge - self._row)
+
+    def flush(self, rows: int | None = None) -> None:
+        """Write the first ``rows`` buffered rows (default all), keep the rest."""
+        if not self._pieces:
+            return
+        block = self._pieces[0] if len(self._pieces) == 1 else np.concatenate(self._pieces, axis=1)
+        rows = block.shape[1] if rows is None else rows
+        self.writer.write(np.ascontiguousarray(block[:, :rows]), self._row, self._col)
+        rest = block[:, rows:]
+        self._pieces = [rest] if rest.shape[1] else []
+        self._row, self._rows = self._row + rows, rest.shape[1]
 
 
 def polygon_wkb(left: float, bottom: float, right: float, top: float) -> bytes:
