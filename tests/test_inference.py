@@ -17,7 +17,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
 from xgeo.errors import CheckpointError, DataError, XGeoError
 from xgeo.sensors import get_sensor
@@ -210,6 +210,52 @@ def test_embed_one_window_scene_equals_the_model_and_keeps_the_grid(encoder, tmp
         assert ds.descriptions[0] == "s2:0"
     direct = encoder.embed(x, sensor="s2").numpy()
     np.testing.assert_allclose(got, direct, atol=1e-5, rtol=0)
+
+
+def test_embed_zarr_equals_the_geotiff_and_carries_its_georeference(encoder, tmp_path):
+    """A 96 x 160 px scene (2 x 3 windows of 64, the last row and column partial, one nodata window) -> the same
+    feature map as the GeoTIFF output, with the transform and CRS read back by zarr attributes, rioxarray and GDAL."""
+    import zarr
+
+    from xgeo.inference.align import InputSpec
+    from xgeo.inference.embed import embed_scene
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(-12, 3, (2, 96, 160)).astype(np.float32)
+    x[:, 64:, 128:] = -9999.0  # the bottom-right window has no valid pixel
+    transform = from_origin(600010.0, 5000020.0, 10, 10)
+    path = write_tif(tmp_path / "s1.tif", x, transform, nodata=-9999.0)
+    spec = [InputSpec("s1", "s1", path, ("VV", "VH"))]
+    tif, store = tmp_path / "f.tif", tmp_path / "f.zarr"
+    a = embed_scene(encoder, spec, tif, window=64, progress=False)
+    b = embed_scene(encoder, spec, store, window=64, progress=False)
+    assert a["grid"] == b["grid"] == (3, 5) and b["skipped"] == 1
+    with rasterio.open(tif) as ds:
+        expected, grid_transform = ds.read(), ds.transform
+    assert grid_transform == transform @ transform.scale(32)
+    assert not list(tmp_path.glob(".f.zarr.*"))  # the temporary directory was renamed
+    root = zarr.open_group(str(store), mode="r")
+    feats = root["features"]
+    assert feats.shape == expected.shape and feats.chunks == (256, 2, 2)  # one window's feature map per chunk
+    np.testing.assert_array_equal(feats[:], expected)  # NaN where the nodata window is, as in the GeoTIFF
+    assert np.isnan(feats[:, 2:, 4:]).all() and not np.isnan(feats[:, :2, :4]).any()
+    attrs = dict(feats.attrs)
+    assert Affine(*attrs["spatial:transform"]) == grid_transform and attrs["spatial:shape"] == [3, 5]
+    assert attrs["proj:code"] == CRS and attrs["long_name"][:2] == ["s1:0", "s1:1"]
+    if tuple(map(int, rasterio.__gdal_version__.split(".")[:2])) >= (3, 11):  # GDAL 3.10 reads pre-final Zarr v3
+        with rasterio.open(f'ZARR:"{store}":/features:0') as gd:  # GDAL's Zarr driver, band 0 of the feature map
+            assert gd.crs.to_string() == CRS and gd.transform == grid_transform
+            np.testing.assert_array_equal(gd.read(1), expected[0])
+    with pytest.raises(XGeoError, match="the output exists"):
+        embed_scene(encoder, spec, store, window=64, progress=False)
+    with pytest.raises(XGeoError, match="--pool none"):
+        embed_scene(encoder, spec, tmp_path / "g.zarr", window=64, pool="mean", progress=False)
+    pytest.importorskip("rioxarray", reason="xarray / rioxarray are not part of the pinned stack")
+    import xarray as xr
+    da = xr.open_zarr(store, consolidated=False, decode_coords="all")["features"]
+    assert da.rio.crs.to_string() == CRS and da.rio.transform() == grid_transform
+    np.testing.assert_allclose(da.x.values, grid_transform.c + 320 * (np.arange(5) + 0.5))
+    np.testing.assert_array_equal(da.values, expected)
 
 
 def test_embed_geoparquet_marks_nodata_windows_and_writes_window_polygons(encoder, tmp_path):
