@@ -15,7 +15,7 @@ Models (``--model``):
   its UPerNet head), feasible on a CPU for small scenes only.
 
     .venv/bin/python -W ignore benchmarks/inference.py [--model standin|demo] [--sizes 1024 4096 8192]
-        [--window 256] [--batch 8] [--texture smooth|noise] [--json OUT]
+        [--window 256] [--batch 8] [--texture smooth|noise] [--commands embed predict] [--json OUT]
 """
 from __future__ import annotations
 
@@ -266,6 +266,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--texture", choices=["smooth", "noise"], default="smooth",
                     help="synthetic scenes: a smooth random field (default) or independent pixels")
+    ap.add_argument("--commands", nargs="+", choices=["embed", "predict"], default=["embed", "predict"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     for k in ("path", "command", "scenes", "out", "ckpt", "run"):
@@ -281,7 +282,7 @@ def main() -> None:
         models = build_models(tmp)
         for side in sizes:
             scenes = write_scenes(tmp, side, args.texture)
-            for command in ("embed", "predict"):
+            for command in args.commands:
                 for path in ("streamed", "naive"):
                     cmd = [sys.executable, "-W", "ignore", __file__, "--measure", "--model", args.model,
                            "--path", path, "--command", command, "--scenes", json.dumps(scenes),
@@ -300,7 +301,7 @@ def main() -> None:
           "| streamed peak RSS MiB (growth) | naive peak RSS MiB (growth) | naive / streamed growth |")
     print("|---|---|---|---|---|---|---|---|---|")
     for side in sizes:
-        for command in ("embed", "predict"):
+        for command in args.commands:
             s = next(r for r in rows if r["side"] == side and r["command"] == command and r["path"] == "streamed")
             n = next(r for r in rows if r["side"] == side and r["command"] == command and r["path"] == "naive")
             print(f"| {command} | {side} | {s['windows']} | {s['windows_per_s']:.1f} | {n['windows_per_s']:.1f} | "

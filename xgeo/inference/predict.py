@@ -142,8 +142,9 @@ def blend_scene(scene: Scene, window_fn: WindowFn, channels: int, emit, *, size:
     The scene's columns are cut into bands of ``band`` pixels (default ``BAND_WINDOWS`` windows); each band's
     windows run in row order, their inputs read one strip of ``size`` rows at a time, and its rows are emitted as
     soon as no later window covers them. A window reaching into the next band runs once: its output waits in a
-    :class:`Spill` file. Memory: one strip of one band (``size`` x ``band + 2 size`` pixels), whatever the
-    scene's width and height."""
+    :class:`Spill` file (in ``spill_dir``, default the system's temporary directory; ``predict_scene`` puts it
+    beside the output). Memory: one strip of one band (``size`` x ``band + 2 size`` pixels), whatever the scene's
+    width and height."""
     check_scene(scene.height, scene.width, size, scene.path)
     rows, cols = blend_axes(scene.height, scene.width, size, stride, margin)
     band = int(band or BAND_WINDOWS * size)
@@ -321,7 +322,7 @@ def predict_scene(model, images: Mapping[str, str], out: str | Path, *, window: 
             rows = TileRows(writer, scene.height)
             skipped = blend_scene(scene, finetuned_window_fn(model), channels, emit, size=size, stride=stride,
                                   margin=margin, batch_size=batch_size, progress=progress,
-                                  desc=f"predict {model.task}", on_batch=on_batch)
+                                  desc=f"predict {model.task}", on_batch=on_batch, spill_dir=str(out.parent))
             rows.flush()
         return {"out": str(out), "task": model.task, "window": size, "stride": stride, "margin": margin,
                 "skipped": skipped, "alignment": scene.alignment}
