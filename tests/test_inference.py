@@ -156,6 +156,35 @@ def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
 
+def test_bands_blend_nodata_windows_as_one_band_does(tmp_path):
+    """Nodata windows on band edges (skipped, spilled as empty): cut into bands of 32 px, the blended scene and its
+    validity equal those of one band over the whole width."""
+    from xgeo.inference.align import InputSpec, Scene
+    from xgeo.inference.predict import blend_scene
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(-12, 3, (2, 70, 100)).astype(np.float32)
+    x[:, 10:60, 20:75] = -9999.0  # several whole windows without a valid pixel, across band edges
+    path = write_tif(tmp_path / "s1.tif", x, nodata=-9999.0)
+    results = {}
+    for band in (32, 1024):
+        out, valid = np.full((2, 70, 100), np.nan, np.float32), np.zeros((70, 100), bool)
+
+        def emit(block, v, row0, col0):
+            out[:, row0:row0 + block.shape[1], col0:col0 + block.shape[2]] = block
+            valid[row0:row0 + block.shape[1], col0:col0 + block.shape[2]] = v
+
+        with Scene([InputSpec("s1", "s1", path, ("VV", "VH"))]) as scene:
+            skipped = blend_scene(scene, lambda raw, v: np.tanh(raw["s1"] / 10.0), 2, emit, size=32, stride=16,
+                                  margin=8, batch_size=3, progress=False, band=band)
+        results[band] = (out, valid, skipped)
+    (a, va, sa), (b, vb, sb) = results[32], results[1024]
+    assert sa == sb > 0
+    np.testing.assert_array_equal(va, vb)
+    assert not va[20:50, 35:60].any() and va[:5].all()
+    np.testing.assert_allclose(a[:, va], b[:, vb], atol=1e-6, rtol=0)
+
+
 def test_tile_rows_writes_whole_rows_of_tiles_and_argmax_matches_numpy():
     from xgeo.inference.predict import argmax_classes
     from xgeo.inference.writers import TileRows
