@@ -4,7 +4,8 @@ in one loop, accumulating full-scene arrays (same run, same model, same windows)
 
 Each (path, command, scene size) runs in its own subprocess, whose peak RSS (``ru_maxrss``) is reported, with
 its growth over the process with torch and the model loaded (``VmHWM`` before and after; torch alone holds about
-0.7 GiB here); windows/s counts the run only, not the model's loading. Scenes are written once (tiled GeoTIFFs: RGB uint8 for embed, IRRG uint8 + DSM float32 for predict).
+0.7 GiB here); windows/s counts the run only, not the model's loading. Scenes are written once (tiled GeoTIFFs: RGB
+uint8 for embed, IRRG uint8 + DSM float32 for predict; ``--texture``: see :func:`write_scenes`).
 
 Models (``--model``):
 - ``standin`` (default): per-pixel stand-ins through the same code paths (embed: 32 px average pooling + a linear
@@ -14,7 +15,7 @@ Models (``--model``):
   its UPerNet head), feasible on a CPU for small scenes only.
 
     .venv/bin/python -W ignore benchmarks/inference.py [--model standin|demo] [--sizes 1024 4096 8192]
-        [--window 256] [--batch 8] [--json OUT]
+        [--window 256] [--batch 8] [--texture smooth|noise] [--commands embed predict] [--json OUT]
 """
 from __future__ import annotations
 
@@ -32,25 +33,35 @@ sys.path.insert(0, str(ROOT))
 CLASSES = ["impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter"]
 
 
-def write_scenes(directory: Path, side: int) -> dict:
-    """RGB, IRRG (uint8) and DSM (float32) scenes of side x side px, written in 512-row strips."""
+def write_scenes(directory: Path, side: int, texture: str = "smooth") -> dict:
+    """RGB, IRRG (uint8) and DSM (float32) scenes of side x side px, written in 512-row strips. ``smooth``: a
+    random field varying over about 64 px (bilinear between random values every 64 px) plus pixel noise of 1/20
+    of its spread, so that the stand-in's class map has regions, as a real one; ``noise``: independent pixels
+    (an incompressible class map: the worst case of the COG's DEFLATE encoding)."""
     import numpy as np
     import rasterio
     from rasterio.transform import from_origin
+    from scipy.ndimage import map_coordinates
 
     paths = {}
     rng = np.random.default_rng(0)
     for name, count, dtype in (("rgb", 3, "uint8"), ("irrg", 3, "uint8"), ("dsm", 1, "float32")):
-        path = directory / f"{name}_{side}.tif"
+        path = directory / f"{name}_{side}_{texture}.tif"
         paths[name] = str(path)
         if path.exists():
             continue
+        coarse = rng.normal(size=(count, side // 64 + 2, side // 64 + 2))
         with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=count, dtype=dtype,
                            crs="EPSG:32632", transform=from_origin(500000, 4000000, 0.3, 0.3), tiled=True) as ds:
             for r in range(0, side, 512):
                 h = min(512, side - r)
-                block = (rng.integers(0, 255, (count, h, side)) if dtype == "uint8"
-                         else rng.normal(10, 5, (count, h, side))).astype(dtype)
+                if texture == "noise":
+                    z = rng.normal(size=(count, h, side))
+                else:
+                    rr, cc = np.meshgrid(np.arange(r, r + h) / 64, np.arange(side) / 64, indexing="ij")
+                    z = np.stack([map_coordinates(c, [rr, cc], order=1) for c in coarse])
+                    z += 0.05 * rng.normal(size=z.shape)
+                block = (np.clip(128 + 40 * z, 0, 255) if dtype == "uint8" else 10 + 5 * z).astype(dtype)
                 ds.write(block, window=((r, r + h), (0, side)))
     return paths
 
@@ -253,6 +264,9 @@ def main() -> None:
                                                                        "demo: 512 1024)")
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--texture", choices=["smooth", "noise"], default="smooth",
+                    help="synthetic scenes: a smooth random field (default) or independent pixels")
+    ap.add_argument("--commands", nargs="+", choices=["embed", "predict"], default=["embed", "predict"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     for k in ("path", "command", "scenes", "out", "ckpt", "run"):
@@ -267,8 +281,8 @@ def main() -> None:
         tmp = Path(tmp)
         models = build_models(tmp)
         for side in sizes:
-            scenes = write_scenes(tmp, side)
-            for command in ("embed", "predict"):
+            scenes = write_scenes(tmp, side, args.texture)
+            for command in args.commands:
                 for path in ("streamed", "naive"):
                     cmd = [sys.executable, "-W", "ignore", __file__, "--measure", "--model", args.model,
                            "--path", path, "--command", command, "--scenes", json.dumps(scenes),
@@ -282,12 +296,12 @@ def main() -> None:
                     print(f"{command:8s} {path:9s} {side:6d} px  {res['windows']:6d} windows  "
                           f"{res['windows_per_s']:8.1f} windows/s  peak RSS {res['peak_rss_mib']:7.0f} MiB "
                           f"(+{res['growth_mib']:.0f} over the loaded model)", flush=True)
-    print(f"\nmodel: {args.model}, window {args.window}, batch {args.batch}\n")
+    print(f"\nmodel: {args.model}, window {args.window}, batch {args.batch}, texture {args.texture}\n")
     print("| command | scene px | windows | streamed windows/s | naive windows/s | streamed / naive speed "
           "| streamed peak RSS MiB (growth) | naive peak RSS MiB (growth) | naive / streamed growth |")
     print("|---|---|---|---|---|---|---|---|---|")
     for side in sizes:
-        for command in ("embed", "predict"):
+        for command in args.commands:
             s = next(r for r in rows if r["side"] == side and r["command"] == command and r["path"] == "streamed")
             n = next(r for r in rows if r["side"] == side and r["command"] == command and r["path"] == "naive")
             print(f"| {command} | {side} | {s['windows']} | {s['windows_per_s']:.1f} | {n['windows_per_s']:.1f} | "

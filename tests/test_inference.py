@@ -17,7 +17,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
 from xgeo.errors import CheckpointError, DataError, XGeoError
 from xgeo.sensors import get_sensor
@@ -111,11 +111,14 @@ def test_blend_weights_are_smooth_positive_and_sum_to_one():
     np.testing.assert_allclose(acc, 1.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("size, stride, margin", [(32, 16, 8), (32, 32, 0), (64, 20, 31)])
-def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path, size, stride, margin):
-    """A stand-in model that is a 1x1 convolution: the blended scene equals the convolution of the whole scene."""
+@pytest.mark.parametrize("size, stride, margin, band", [(32, 16, 8, None), (32, 32, 0, None), (64, 20, 31, None),
+                                                        (32, 16, 8, 32), (32, 12, 8, 40), (64, 20, 31, 64)])
+def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path, size, stride, margin, band):
+    """A stand-in model that is a 1x1 convolution: the blended scene equals the convolution of the whole scene,
+    in one band or cut into bands of columns (windows reaching across a band's edge are run once)."""
     from xgeo.inference.align import InputSpec, Scene
     from xgeo.inference.predict import blend_scene
+    from xgeo.inference.windows import blend_grid
 
     rng = np.random.default_rng(0)
     H, W = 101, 77
@@ -133,17 +136,74 @@ def test_blended_windows_reproduce_a_per_pixel_model_on_the_whole_scene(tmp_path
             return conv(torch.from_numpy(raw["s1"])).numpy()
 
     out = np.full((3, H, W), np.nan, np.float32)
-    seen = np.zeros(H, int)
+    seen = np.zeros((H, W), int)
+    ran = []
 
-    def emit(block, valid, row0):
-        out[:, row0:row0 + block.shape[1]] = block
-        seen[row0:row0 + block.shape[1]] += 1
+    def emit(block, valid, row0, col0):
+        out[:, row0:row0 + block.shape[1], col0:col0 + block.shape[2]] = block
+        seen[row0:row0 + block.shape[1], col0:col0 + block.shape[2]] += 1
+
+    def counted(raw, valid):
+        ran.append(len(raw["s1"]))
+        return fn(raw, valid)
 
     with Scene([InputSpec("s1", "s1", path, ("VV", "VH"))]) as scene:
-        blend_scene(scene, fn, 3, emit, size=size, stride=stride, margin=margin, batch_size=5, progress=False)
+        blend_scene(scene, counted, 3, emit, size=size, stride=stride, margin=margin, batch_size=5, progress=False,
+                    band=band)
     expected = np.einsum("kc,chw->khw", weight, np.clip(s1, -25, 0)) + bias[:, None, None]
-    assert (seen == 1).all()  # each row written exactly once
+    assert (seen == 1).all()  # each pixel written exactly once
+    assert sum(ran) == len(blend_grid(H, W, size, stride, margin)) and max(ran) <= 5  # each window run once
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_bands_blend_nodata_windows_as_one_band_does(tmp_path):
+    """Nodata windows on band edges (skipped, spilled as empty): cut into bands of 32 px, the blended scene and its
+    validity equal those of one band over the whole width."""
+    from xgeo.inference.align import InputSpec, Scene
+    from xgeo.inference.predict import blend_scene
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(-12, 3, (2, 70, 100)).astype(np.float32)
+    x[:, 10:60, 20:75] = -9999.0  # several whole windows without a valid pixel, across band edges
+    path = write_tif(tmp_path / "s1.tif", x, nodata=-9999.0)
+    results = {}
+    for band in (32, 1024):
+        out, valid = np.full((2, 70, 100), np.nan, np.float32), np.zeros((70, 100), bool)
+
+        def emit(block, v, row0, col0):
+            out[:, row0:row0 + block.shape[1], col0:col0 + block.shape[2]] = block
+            valid[row0:row0 + block.shape[1], col0:col0 + block.shape[2]] = v
+
+        with Scene([InputSpec("s1", "s1", path, ("VV", "VH"))]) as scene:
+            skipped = blend_scene(scene, lambda raw, v: np.tanh(raw["s1"] / 10.0), 2, emit, size=32, stride=16,
+                                  margin=8, batch_size=3, progress=False, band=band)
+        results[band] = (out, valid, skipped)
+    (a, va, sa), (b, vb, sb) = results[32], results[1024]
+    assert sa == sb > 0
+    np.testing.assert_array_equal(va, vb)
+    assert not va[20:50, 35:60].any() and va[:5].all()
+    np.testing.assert_allclose(a[:, va], b[:, vb], atol=1e-6, rtol=0)
+
+
+def test_tile_rows_writes_whole_rows_of_tiles_and_argmax_matches_numpy():
+    from xgeo.inference.predict import argmax_classes
+    from xgeo.inference.writers import TileRows
+
+    out, writes = np.zeros((2, 50, 48)), []
+    writer = SimpleNamespace(block=(16, 16))
+    writer.write = lambda b, r, c: (writes.append((r, b.shape[1], c)), out.__setitem__(
+        (slice(None), slice(r, r + b.shape[1]), slice(c, c + b.shape[2])), b))
+    rows = TileRows(writer, 50)
+    data = np.random.default_rng(0).normal(size=(2, 50, 48))
+    for c0, c1 in ((0, 32), (32, 48)):  # two bands of columns, each top to bottom in pieces of 7 rows
+        for r in range(0, 50, 7):
+            rows.write(data[:, r:r + 7, c0:c1], r, c0)
+    rows.flush()
+    np.testing.assert_array_equal(out, data)
+    assert writes == [(r, h, c) for c in (0, 32) for r, h in ((0, 16), (16, 16), (32, 16), (48, 2))]
+    logits = np.random.default_rng(1).normal(size=(6, 40, 30)).astype(np.float32)
+    logits[2, :4] = logits[4, :4] = 9.0  # ties go to the first class, as numpy's
+    np.testing.assert_array_equal(argmax_classes(logits), logits.argmax(0))
 
 
 # -------------------------------------------------------------------------------------------------------- embed
@@ -179,6 +239,52 @@ def test_embed_one_window_scene_equals_the_model_and_keeps_the_grid(encoder, tmp
         assert ds.descriptions[0] == "s2:0"
     direct = encoder.embed(x, sensor="s2").numpy()
     np.testing.assert_allclose(got, direct, atol=1e-5, rtol=0)
+
+
+def test_embed_zarr_equals_the_geotiff_and_carries_its_georeference(encoder, tmp_path):
+    """A 96 x 160 px scene (2 x 3 windows of 64, the last row and column partial, one nodata window) -> the same
+    feature map as the GeoTIFF output, with the transform and CRS read back by zarr attributes, rioxarray and GDAL."""
+    import zarr
+
+    from xgeo.inference.align import InputSpec
+    from xgeo.inference.embed import embed_scene
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(-12, 3, (2, 96, 160)).astype(np.float32)
+    x[:, 64:, 128:] = -9999.0  # the bottom-right window has no valid pixel
+    transform = from_origin(600010.0, 5000020.0, 10, 10)
+    path = write_tif(tmp_path / "s1.tif", x, transform, nodata=-9999.0)
+    spec = [InputSpec("s1", "s1", path, ("VV", "VH"))]
+    tif, store = tmp_path / "f.tif", tmp_path / "f.zarr"
+    a = embed_scene(encoder, spec, tif, window=64, progress=False)
+    b = embed_scene(encoder, spec, store, window=64, progress=False)
+    assert a["grid"] == b["grid"] == (3, 5) and b["skipped"] == 1
+    with rasterio.open(tif) as ds:
+        expected, grid_transform = ds.read(), ds.transform
+    assert grid_transform == transform @ transform.scale(32)
+    assert not list(tmp_path.glob(".f.zarr.*"))  # the temporary directory was renamed
+    root = zarr.open_group(str(store), mode="r")
+    feats = root["features"]
+    assert feats.shape == expected.shape and feats.chunks == (256, 2, 2)  # one window's feature map per chunk
+    np.testing.assert_array_equal(feats[:], expected)  # NaN where the nodata window is, as in the GeoTIFF
+    assert np.isnan(feats[:, 2:, 4:]).all() and not np.isnan(feats[:, :2, :4]).any()
+    attrs = dict(feats.attrs)
+    assert Affine(*attrs["spatial:transform"]) == grid_transform and attrs["spatial:shape"] == [3, 5]
+    assert attrs["proj:code"] == CRS and attrs["long_name"][:2] == ["s1:0", "s1:1"]
+    if tuple(map(int, rasterio.__gdal_version__.split(".")[:2])) >= (3, 11):  # GDAL 3.10 reads pre-final Zarr v3
+        with rasterio.open(f'ZARR:"{store}":/features:0') as gd:  # GDAL's Zarr driver, band 0 of the feature map
+            assert gd.crs.to_string() == CRS and gd.transform == grid_transform
+            np.testing.assert_array_equal(gd.read(1), expected[0])
+    with pytest.raises(XGeoError, match="the output exists"):
+        embed_scene(encoder, spec, store, window=64, progress=False)
+    with pytest.raises(XGeoError, match="--pool none"):
+        embed_scene(encoder, spec, tmp_path / "g.zarr", window=64, pool="mean", progress=False)
+    pytest.importorskip("rioxarray", reason="xarray / rioxarray are not part of the pinned stack")
+    import xarray as xr
+    da = xr.open_zarr(store, consolidated=False, decode_coords="all")["features"]
+    assert da.rio.crs.to_string() == CRS and da.rio.transform() == grid_transform
+    np.testing.assert_allclose(da.x.values, grid_transform.c + 320 * (np.arange(5) + 0.5))
+    np.testing.assert_array_equal(da.values, expected)
 
 
 def test_embed_geoparquet_marks_nodata_windows_and_writes_window_polygons(encoder, tmp_path):
@@ -364,7 +470,7 @@ import sys, tracemalloc, numpy as np, rasterio
 from rasterio.transform import from_origin
 from xgeo.inference.align import InputSpec, Scene
 from xgeo.inference.predict import blend_scene
-side, path = int(sys.argv[1]), sys.argv[2]
+side, path, band = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=2, dtype="float32", crs="EPSG:32632",
                    transform=from_origin(0, 0, 10, 10), tiled=True) as ds:
     for r in range(0, side, 256):
@@ -372,25 +478,26 @@ with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=2, 
 rows = []
 tracemalloc.start()
 with Scene([InputSpec("s1", "s1", path, ("VV", "VH"))]) as scene:
-    blend_scene(scene, lambda raw, valid: raw["s1"] * 2.0, 2, lambda b, v, r0: rows.append(b.shape[1]),
-                size=128, stride=64, margin=32, batch_size=8, progress=False)
+    blend_scene(scene, lambda raw, valid: raw["s1"] * 2.0, 2, lambda b, v, r0, c0: rows.append(b[0].size),
+                size=128, stride=64, margin=32, batch_size=8, progress=False, band=band)
 print(tracemalloc.get_traced_memory()[1], sum(rows))
 """
 
 
 def test_peak_memory_does_not_grow_with_the_scene(tmp_path):
-    """Blending a 2048 px scene (32 MiB of input) peaks at about the memory of a 512 px one: the strip, not the scene."""
+    """Blending a 2048 px scene (32 MiB of input) in bands of 256 px peaks at the memory of a 512 px one: one strip
+    of one band, neither the scene nor its width; in one band as wide as the scene, memory grows with the width."""
     peaks = {}
-    for side in (512, 2048):
-        res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(side), str(tmp_path / f"{side}.tif")],
-                             capture_output=True, text=True, check=True, cwd=ROOT)
-        peak, rows = map(int, res.stdout.split())
-        assert rows == side
-        peaks[side] = peak
+    for side, band in ((512, 256), (2048, 256), (2048, 2048)):
+        res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(side), str(tmp_path / f"{side}.tif"),
+                              str(band)], capture_output=True, text=True, check=True, cwd=ROOT)
+        peak, pixels = map(int, res.stdout.split())
+        assert pixels == side * side  # every pixel emitted once
+        peaks[side, band] = peak
     scene_bytes = 2 * 2048 * 2048 * 4
-    assert peaks[2048] < scene_bytes / 3, peaks
-    # the strip grows with the width only (4x here), far less than the area (16x)
-    assert peaks[2048] < 2.5 * peaks[512], peaks
+    assert peaks[2048, 256] < scene_bytes / 5, peaks
+    assert peaks[2048, 256] < 1.25 * peaks[512, 256], peaks  # 16x the area, 4x the width: flat
+    assert peaks[2048, 2048] > 2 * peaks[2048, 256], peaks  # what the bands save
 
 
 def test_xgeo_finetune_writes_the_model_that_xgeo_predict_reads(tmp_path, load):

@@ -269,7 +269,7 @@ def _pairs(items, option: str, split_list: bool = False) -> dict:
 @params_options
 def embed_cmd(checkpoint: str, out: str, images, bands, stage: int, pool: str, window: int | None, batch_size: int,
               stats: str | None, device: str, overwrite: bool, params: dict) -> None:
-    """Features of whole scenes from a pretraining CHECKPOINT -> OUT (.tif feature map, .parquet with --pool mean)."""
+    """Features of whole scenes from a pretraining CHECKPOINT -> OUT (.tif or .zarr feature map, .parquet with --pool mean)."""
     from .inference.align import InputSpec
     from .inference.api import Encoder, load
     from .inference.embed import embed_scene

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..sensors import get_sensor
-from .windows import Window, clip_window, reflect_pad
+from .windows import Window, clip_box, reflect_pad
 
 
 @dataclass
@@ -92,7 +92,8 @@ def _same_grid(a, b) -> bool:
 
 
 class Scene(contextlib.AbstractContextManager):
-    """The inputs on the first one's grid. ``read(window) -> {key: (raw (C, s, s) float32, valid (s, s) bool)}``."""
+    """The inputs on the first one's grid. ``read(window) -> {key: (raw (C, s, s) float32, valid (s, s) bool)}``;
+    ``read_box`` the same for any rectangle."""
 
     def __init__(self, specs: Sequence[InputSpec]) -> None:
         if not specs:
@@ -157,9 +158,14 @@ class Scene(contextlib.AbstractContextManager):
         return opened
 
     def read(self, win: Window) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return self.read_box(win.row, win.col, win.size, win.size)
+
+    def read_box(self, row: int, col: int, height: int, width: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The box of ``height`` x ``width`` pixels at (row, col), parts outside the scene filled by reflection:
+        {key: (raw (C, height, width) float32, valid (height, width) bool)}."""
         from rasterio.windows import Window as RWindow
 
-        row, col, h, w, pad = clip_window(win, self.height, self.width)
+        row, col, h, w, pad = clip_box(row, col, height, width, self.height, self.width)
         out = {}
         for o in self._opened:
             rw = RWindow(col, row, w, h)

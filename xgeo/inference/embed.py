@@ -7,6 +7,8 @@ batches, normalised, and run through the encoder once per sensor (each with its 
 - ``OUT.tif`` with ``pool=none``: the stage's feature map on its own grid (the input's CRS, its transform scaled
   by the stage stride 4 x 2^stage; ceil(H / stride) x ceil(W / stride) cells), float32, the sensors' channels one
   after another (band descriptions ``<sensor>:<channel>``); nodata windows NaN.
+- ``OUT.zarr`` (``pool=none``): the same feature map as a Zarr v3 store, one chunk per window, georeferenced for
+  xarray / rioxarray / GDAL and by the GeoZarr conventions (:class:`xgeo.inference.writers.ZarrWriter`).
 - ``OUT.tif`` with ``pool=mean``: one pixel per window (transform scaled by the window), the window's mean vector.
 - ``OUT.parquet`` (``pool=mean``): GeoParquet, one row per window with its polygon and one vector per sensor.
 
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from ..errors import XGeoError
 from .align import InputSpec, Scene
 from .windows import Window, check_scene, tile_grid
-from .writers import ParquetWriter, RasterWriter, check_output, gdal_env
+from .writers import ParquetWriter, RasterWriter, ZarrWriter, check_output, gdal_env
 
 
 def embed_scene(encoder, inputs: Sequence[InputSpec], out: str | Path, *, stage: int = -1, pool: str = "none",
@@ -39,13 +41,18 @@ def embed_scene(encoder, inputs: Sequence[InputSpec], out: str | Path, *, stage:
     called with the number of windows done after each batch (benchmarks, tests).
     """
     out = check_output(out, overwrite)
-    fmt = {".tif": "tif", ".tiff": "tif", ".parquet": "parquet", ".geoparquet": "parquet"}.get(out.suffix.lower())
+    fmt = {".tif": "tif", ".tiff": "tif", ".zarr": "zarr", ".parquet": "parquet",
+           ".geoparquet": "parquet"}.get(out.suffix.lower())
     if fmt is None:
-        raise XGeoError(f"{out}: expected an output ending in .tif (GeoTIFF) or .parquet (GeoParquet, --pool mean)")
+        raise XGeoError(f"{out}: expected an output ending in .tif (GeoTIFF), .zarr (Zarr feature map) or .parquet "
+                        f"(GeoParquet, --pool mean)")
     if pool not in ("none", "mean"):
         raise XGeoError(f"--pool {pool!r}: expected none or mean")
     if fmt == "parquet" and pool != "mean":
         raise XGeoError(f"{out}: GeoParquet holds one vector per window; pass --pool mean (or write a .tif)")
+    if fmt == "zarr" and pool != "none":
+        raise XGeoError(f"{out}: a Zarr output holds the feature map (--pool none); write pooled vectors to .parquet "
+                        f"or .tif")
     size = int(window or encoder.model.config["img_size"])
     if size % 32:
         raise XGeoError(f"--window {size}: expected a multiple of 32 (the encoder stride)")
@@ -73,6 +80,12 @@ def embed_scene(encoder, inputs: Sequence[InputSpec], out: str | Path, *, stage:
                                   width=n_cols, height=n_rows, count=ch * len(sensors), dtype="float32",
                                   nodata=float("nan"), descriptions=[f"{s}:{c}" for s in sensors for c in range(ch)],
                                   tags=tags, block=16)
+        elif fmt == "zarr":
+            grid = (math.ceil(scene.height / stride), math.ceil(scene.width / stride))
+            writer = ZarrWriter(out, crs=scene.crs, transform=scene.transform @ scene.transform.scale(stride),
+                                width=grid[1], height=grid[0], count=ch * len(sensors),
+                                descriptions=[f"{s}:{c}" for s in sensors for c in range(ch)], tags=tags,
+                                chunk=size // stride)
         else:
             grid = (math.ceil(scene.height / stride), math.ceil(scene.width / stride))
             writer = RasterWriter(out, crs=scene.crs, transform=scene.transform @ scene.transform.scale(stride),

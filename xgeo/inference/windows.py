@@ -54,15 +54,20 @@ def tile_grid(height: int, width: int, size: int) -> list[Window]:
     return [Window(i * size, j * size, size) for i in range(rows) for j in range(cols)]
 
 
-def blend_grid(height: int, width: int, size: int, stride: int, margin: int) -> list[Window]:
-    """Overlapping windows over the scene padded by ``margin`` on every side, in row-major order."""
+def blend_axes(height: int, width: int, size: int, stride: int, margin: int) -> tuple[list[int], list[int]]:
+    """The scene rows and columns where overlapping windows start (the scene padded by ``margin``)."""
     if not 0 < stride <= size:
         raise DataError(f"window stride {stride}: expected 1..{size} (the window size)")
     if not 0 <= margin < size:
         raise DataError(f"edge margin {margin}: expected 0..{size - 1}")
-    rows = positions(height + 2 * margin, size, stride)
-    cols = positions(width + 2 * margin, size, stride)
-    return [Window(r - margin, c - margin, size) for r in rows for c in cols]
+    return ([r - margin for r in positions(height + 2 * margin, size, stride)],
+            [c - margin for c in positions(width + 2 * margin, size, stride)])
+
+
+def blend_grid(height: int, width: int, size: int, stride: int, margin: int) -> list[Window]:
+    """Overlapping windows over the scene padded by ``margin`` on every side, in row-major order."""
+    rows, cols = blend_axes(height, width, size, stride, margin)
+    return [Window(r, c, size) for r in rows for c in cols]
 
 
 def blend_weight(size: int, floor: float = WEIGHT_FLOOR) -> np.ndarray:
@@ -85,8 +90,15 @@ def reflect_pad(block: np.ndarray, top: int, bottom: int, left: int, right: int)
     return out
 
 
+def clip_box(row: int, col: int, h: int, w: int, height: int, width: int
+             ) -> tuple[int, int, int, int, tuple[int, int, int, int]]:
+    """The part of the box (row, col, h, w) inside the scene -> (row, col, h, w, (top, bottom, left, right) padding
+    to restore by reflection)."""
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + h, height), min(col + w, width)
+    return r0, c0, r1 - r0, c1 - c0, (r0 - row, row + h - r1, c0 - col, col + w - c1)
+
+
 def clip_window(win: Window, height: int, width: int) -> tuple[int, int, int, int, tuple[int, int, int, int]]:
-    """The part of ``win`` inside the scene -> (row, col, h, w, (top, bottom, left, right) padding to restore)."""
-    r0, c0 = max(win.row, 0), max(win.col, 0)
-    r1, c1 = min(win.row + win.size, height), min(win.col + win.size, width)
-    return r0, c0, r1 - r0, c1 - c0, (r0 - win.row, win.row + win.size - r1, c0 - win.col, win.col + win.size - c1)
+    """The part of ``win`` inside the scene (:func:`clip_box`)."""
+    return clip_box(win.row, win.col, win.size, win.size, height, width)

@@ -1,5 +1,5 @@
 """Georeferenced outputs written piece by piece: a tiled GeoTIFF (optionally turned into a COG with overviews at
-the end) and GeoParquet rows of one vector per window. Each is written under a temporary name beside the target
+the end), a Zarr store of a feature map, and GeoParquet rows of one vector per window. Each is written under a temporary name beside the target
 and renamed over it only when complete (:func:`xgeo.io.atomic_path`)."""
 from __future__ import annotations
 
@@ -50,15 +50,18 @@ class RasterWriter(contextlib.AbstractContextManager):
         import rasterio
 
         self.path, self.cog, self.overview_resampling = Path(path), cog, overview_resampling
+        self.block = (block or _block(height), block or _block(width))
         self._final = atomic_path(self.path)
         self._tmp = self._final.__enter__()
         self._work = self._tmp.with_name(self._tmp.name + ".gtiff") if cog else self._tmp
+        # a COG is re-encoded from the working file at the end: that one only needs to be cheap to write and read
+        codec = (dict(compress="zstd", zstd_level=1) if cog else
+                 dict(compress="deflate", predictor=3 if np.dtype(dtype).kind == "f" else 2))
         try:
             self.ds = rasterio.open(
                 self._work, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
-                transform=transform, nodata=nodata, tiled=True, blockxsize=block or _block(width),
-                blockysize=block or _block(height),
-                compress="deflate", predictor=3 if np.dtype(dtype).kind == "f" else 2, bigtiff="if_safer")
+                transform=transform, nodata=nodata, tiled=True, blockxsize=self.block[1], blockysize=self.block[0],
+                bigtiff="if_safer", **codec)
             for i, d in enumerate(descriptions or [], start=1):
                 self.ds.set_band_description(i, str(d))
             if tags:
@@ -93,13 +96,124 @@ class RasterWriter(contextlib.AbstractContextManager):
 
                 rasterio.shutil.copy(self._work, self._tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256,
                                      OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=self.overview_resampling.upper(),
-                                     BIGTIFF="IF_SAFER")
+                                     BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
                 Path(self._work).unlink(missing_ok=True)
         except BaseException as err:
             self._abort(err)
             raise
         self._final.__exit__(None, None, None)
         return None
+
+
+GEOZARR_CONVENTIONS = [  # the GeoZarr conventions whose attributes ZarrWriter writes (zarr-conventions on GitHub)
+    {"name": "spatial", "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
+     "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
+     "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4"},
+    {"name": "proj", "schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v1/schema.json",
+     "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v1/README.md",
+     "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f"},
+]
+
+
+class ZarrWriter(contextlib.AbstractContextManager):
+    """A georeferenced Zarr v3 store (a directory) written chunk by chunk: ``features`` (band, y, x) float32, NaN =
+    nodata, chunks of (all bands, ``chunk``, ``chunk``) cells (one window's feature map each, so every ``write`` of
+    a window fills whole chunks), ZSTD. Its georeference, in the forms readers look for:
+
+    - CF / rioxarray / xarray / GDAL >= 3.9: ``x`` and ``y`` coordinate arrays (cell centres) and a ``spatial_ref``
+      variable (``crs_wkt``, ``spatial_ref``, ``GeoTransform`` in GDAL's order) named by ``features``'
+      ``grid_mapping`` attribute; band names in ``long_name``;
+    - GeoZarr conventions (``spatial:`` and ``proj:`` attributes of ``features``, GDAL >= 3.13): the affine
+      transform in rasterio's order (a, b, c, d, e, f), the shape, the bounding box, the CRS as WKT2 (and code);
+    - GDAL's own ``_CRS`` attribute ({"wkt": ...}).
+
+    Written under a temporary directory beside the target and renamed over it only when complete."""
+
+    def __init__(self, path: Path, *, crs, transform, width: int, height: int, count: int,
+                 descriptions: Sequence[str], tags: Mapping, chunk: int) -> None:
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        self.path = Path(path)
+        self._final = atomic_path(self.path, directory=True)
+        self._tmp = self._final.__enter__()
+        try:
+            root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
+            root.attrs.update({k: (v if isinstance(v, (str, int, float)) else json.loads(json.dumps(v, default=str)))
+                               for k, v in tags.items()})
+            wkt = crs.to_wkt() if crs is not None else None
+            t = transform
+            x = t.c + t.a * (np.arange(width) + 0.5)  # cell centres (a north-up grid)
+            y = t.f + t.e * (np.arange(height) + 0.5)
+            xs, ys = (t.c, t.c + t.a * width), (t.f, t.f + t.e * height)
+            geo = {"zarr_conventions": GEOZARR_CONVENTIONS, "spatial:dimensions": ["y", "x"],
+                   "spatial:transform_type": "affine", "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+                   "spatial:shape": [height, width], "spatial:registration": "pixel",
+                   "spatial:bbox": [min(xs), min(ys), max(xs), max(ys)]}
+            if wkt is not None:
+                geo["proj:wkt2"] = wkt
+                if crs.to_epsg() is not None:
+                    geo["proj:code"] = f"EPSG:{crs.to_epsg()}"
+            self.array = root.create_array(
+                "features", shape=(count, height, width), chunks=(count, min(chunk, height), min(chunk, width)),
+                dtype="float32", fill_value=float("nan"), compressors=ZstdCodec(level=3),
+                dimension_names=("band", "y", "x"),
+                attributes={"grid_mapping": "spatial_ref", "long_name": [str(d) for d in descriptions],
+                            **({"_CRS": {"wkt": wkt}} if wkt else {}), **geo})
+            root.create_array("band", data=np.arange(1, count + 1, dtype=np.int32), dimension_names=("band",))
+            root.create_array("x", data=x, dimension_names=("x",),
+                              attributes={"standard_name": "projection_x_coordinate", "axis": "X"})
+            root.create_array("y", data=y, dimension_names=("y",),
+                              attributes={"standard_name": "projection_y_coordinate", "axis": "Y"})
+            root.create_array("spatial_ref", data=np.array(0, np.int32), dimension_names=(),
+                              attributes={"crs_wkt": wkt or "", "spatial_ref": wkt or "",
+                                          "GeoTransform": " ".join(repr(float(v)) for v in t.to_gdal())})
+        except BaseException as exc:
+            self._final.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def write(self, block: np.ndarray, row: int, col: int) -> None:
+        """block (count, h, w) at (row, col) of the grid."""
+        self.array[:, row:row + block.shape[1], col:col + block.shape[2]] = block
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._final.__exit__(exc_type, exc, tb)
+        return None
+
+
+class TileRows:
+    """Pieces of a raster arriving top to bottom in one column range at a time (``write(block, row, col)``), handed
+    to ``writer`` in whole rows of its tiles: GDAL then encodes each tile once, not once per piece. Holds at most
+    one row of tiles of one column range."""
+
+    def __init__(self, writer: RasterWriter, height: int) -> None:
+        self.writer, self.height, self.tile = writer, height, writer.block[0]
+        self._pieces: list[np.ndarray] = []
+        self._row = self._col = self._rows = 0
+
+    def write(self, block: np.ndarray, row: int, col: int) -> None:
+        if self._pieces and (col != self._col or block.shape[2] != self._pieces[0].shape[2]
+                             or row != self._row + self._rows):
+            self.flush()
+        if not self._pieces:
+            self._row, self._col, self._rows = row, col, 0
+        self._pieces.append(block)
+        self._rows += block.shape[1]
+        end = self._row + self._rows
+        edge = end if end == self.height else end // self.tile * self.tile  # the last tile edge reached
+        if edge > self._row:
+            self.flush(edge - self._row)
+
+    def flush(self, rows: int | None = None) -> None:
+        """Write the first ``rows`` buffered rows (default all), keep the rest."""
+        if not self._pieces:
+            return
+        block = self._pieces[0] if len(self._pieces) == 1 else np.concatenate(self._pieces, axis=1)
+        rows = block.shape[1] if rows is None else rows
+        self.writer.write(np.ascontiguousarray(block[:, :rows]), self._row, self._col)
+        rest = block[:, rows:]
+        self._pieces = [rest] if rest.shape[1] else []
+        self._row, self._rows = self._row + rows, rest.shape[1]
 
 
 def polygon_wkb(left: float, bottom: float, right: float, top: float) -> bytes:
