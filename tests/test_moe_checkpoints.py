@@ -237,3 +237,104 @@ def test_tutel_model_checkpoint_loads_as_native_and_native_as_tutel(load, tmp_pa
     with torch.no_grad():
         assert torch.equal(loaded.forward_encoder(x, "s2")[0], want)
         torch.testing.assert_close(as_tutel.forward_encoder(x, "s2")[0], want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- optimizer state of sharded experts
+def _two_rank_optimizer(rank, world, init, out):
+    import torch.distributed as dist
+
+    from xgeo.pretrain import state as run_state
+    from xgeo.pretrain.distributed import DistInfo
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    info = DistInfo(rank=rank, world_size=world)
+    shared = torch.nn.Parameter(torch.ones(3))
+    experts = torch.nn.Parameter(torch.ones(2, 3))  # this rank's experts: its own gradients, its own moments
+    experts.skip_allreduce = True
+    opt = torch.optim.AdamW([{"params": [shared]}, {"params": [experts], "weight_decay": 0.0}], lr=0.1)
+    shared.grad = torch.full((3,), 0.5)
+    experts.grad = torch.full((2, 3), float(rank + 1))
+    opt.step()
+    sd, ranks = run_state.optimizer_state(opt, info)  # every rank
+    if rank == 0:
+        torch.save({"optimizer": sd, "optimizer_experts": ranks}, out)
+    dist.barrier()
+    fresh = torch.optim.AdamW([{"params": [shared]}, {"params": [experts], "weight_decay": 0.0}], lr=0.1)
+    run_state.load_optimizer_state(out, fresh, torch.load(out, weights_only=False), info)
+    torch.save({"own": opt.state_dict()["state"], "loaded": fresh.state_dict()["state"]}, f"{out}.rank{rank}")
+    dist.destroy_process_group()
+
+
+def test_resume_gives_each_rank_its_own_expert_moments(tmp_path):
+    """Two gloo processes whose experts had different gradients: the checkpoint keeps both ranks' Adam moments and
+    a resume gives each rank its own (rank 0's optimizer state dict alone would give rank 1 rank 0's)."""
+    import torch.multiprocessing as mp
+
+    from xgeo.errors import CheckpointError
+    from xgeo.pretrain import state as run_state
+    from xgeo.pretrain.distributed import DistInfo
+
+    out = tmp_path / "opt.pt"
+    mp.spawn(_two_rank_optimizer, args=(2, f"file://{tmp_path}/pg", str(out)), nprocs=2, join=True)
+    runs = [torch.load(f"{out}.rank{r}") for r in (0, 1)]
+    assert not torch.equal(runs[0]["own"][1]["exp_avg_sq"], runs[1]["own"][1]["exp_avg_sq"])
+    for run in runs:
+        for i in (0, 1):
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(run["loaded"][i][k], run["own"][i][k]), (i, k)
+    ckpt = torch.load(out, weights_only=False)
+    assert set(ckpt["optimizer_experts"][1]) == {1}  # only the expert entries travel per rank
+    one = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 3))])
+    with pytest.raises(CheckpointError, match="of 2 process.*resumed with 1"):
+        run_state.load_optimizer_state(out, one, ckpt, DistInfo())
+
+
+def _torchrun(tmp_path, out, steps, every, sets, *extra):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(root / "tests" / "pretrain_with_callbacks.py"),
+           str(out), str(steps), str(every), *extra]
+    for o in sets:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{root}:{os.environ.get('PYTHONPATH', '')}",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+@needs_tutel
+def test_two_process_tutel_pretraining_resumes_exactly_and_loads_as_native(tmp_path):
+    """torchrun, 2 gloo processes, tutel backend (experts sharded): a run killed after step 3 and resumed from its
+    step-2 checkpoint logs the losses of an uninterrupted run (each rank's experts and their Adam moments come
+    back, not rank 0's); the checkpoint loads as a native model on one process."""
+    from test_pretrain import TINY, read_metrics, write_pretrain_stores
+
+    from xgeo.model.checkpoint import load_pretrained
+
+    zarr = write_pretrain_stores(tmp_path / "zarr")
+    sets = [f"paths.zarr={zarr}", "mlflow.enabled=false", "model.moe.backend=tutel", *TINY]
+    proc = _torchrun(tmp_path, tmp_path / "whole", 4, 2, sets)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = _torchrun(tmp_path, tmp_path / "killed", 4, 2, sets, "--kill-at", "3")
+    assert proc.returncode != 0
+    proc = _torchrun(tmp_path, tmp_path / "killed", 4, 2, sets, "--resume")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    whole, resumed = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("whole", "killed"))
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    keys = [k for k in whole[0] if k.startswith("loss") or k in ("rec_loss", "aux_loss", "lr", "grad_norm")]
+    assert "loss" in keys and "aux_loss" in keys
+    for a, b in zip(whole, resumed):
+        for k in keys:
+            assert b[k] == pytest.approx(a[k], abs=1e-6, rel=0), (a["step"], k)
+    model, meta = load_pretrained(tmp_path / "whole" / "last.ckpt")
+    assert meta["model_config"]["moe"]["backend"] == "tutel"
+    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    assert layers and all(not torch.equal(m.w1[: m.num_experts // 2], m.w1[m.num_experts // 2:]) for m in layers)
+    with torch.no_grad():
+        feats = model.forward_encoder(torch.randn(1, 13, 64, 64), "s2")[0]
+    assert torch.isfinite(feats).all()
