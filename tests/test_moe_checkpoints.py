@@ -132,7 +132,8 @@ def _two_rank_train_and_save(rank, world, init, out):
     torch.manual_seed(0)
     layer = build_moe(D, H, CFG)
     assert layer.layer.experts.batched_fc1_w.shape[0] == E // world  # experts sharded over the ranks
-    x = torch.randn(3, 16, D, generator=torch.Generator().manual_seed(10 + rank))  # each rank its own tokens
+    # each rank its own tokens, and a different number of them (tutel's capacity then comes from the largest)
+    x = torch.randn(3, 16 + 8 * rank, D, generator=torch.Generator().manual_seed(10 + rank))
     # one training step of the experts (their gradients stay on their rank; tutel's all-to-all brings the tokens)
     opt = torch.optim.SGD(layer.expert_parameters(), lr=0.5)
     (layer(x).square().mean() + layer.aux_loss).backward()

@@ -420,7 +420,9 @@ class TutelMoE(nn.Module):
         return [p for p in self.parameters() if getattr(p, "skip_allreduce", False)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer(x)
+        # ranks may hold different numbers of tokens (a step's groups differ between ranks): tutel then takes the
+        # capacity from the largest rank's count (one all-reduce), so every rank's all-to-all buffers agree
+        y = self.layer(x, inequivalent_tokens=self.world > 1)
         self.aux_loss = y.l_aux
         return y
 
