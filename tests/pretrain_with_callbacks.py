@@ -1,6 +1,7 @@
 """A pretraining run with test callbacks, as a script (the loop itself has no test hooks).
 
-    python tests/pretrain_with_callbacks.py OUT STEPS EVERY [--kill-at N] [--checksum PREFIX] [--set key=value ...]
+    python tests/pretrain_with_callbacks.py OUT STEPS EVERY [--kill-at N] [--checksum PREFIX] [--resume]
+        [--set key=value ...]
 
 ``--kill-at N``: SIGKILL this process right after step N (test_resume). ``--checksum PREFIX``: append
 "step sha1-of-all-parameters" per step to PREFIX.rank<r> (test_distributed, run under torchrun).
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("every", type=int)
     ap.add_argument("--kill-at", type=int, default=0)
     ap.add_argument("--checksum", default=None)
+    ap.add_argument("--resume", action="store_true")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args()
 
@@ -45,7 +47,8 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     params = load_params(ROOT / "params.yaml", args.sets)
-    pretrain(params, Path(args.out), steps=args.steps, checkpoint_every=args.every, on_step=on_step)
+    pretrain(params, Path(args.out), steps=args.steps, checkpoint_every=args.every, on_step=on_step,
+             resume=args.resume)
 
 
 if __name__ == "__main__":

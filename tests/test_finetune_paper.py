@@ -19,7 +19,7 @@ SYNTH = [
     "data.datasets.bigearthnet.synth.patches={train: 8, val: 4, test: 2}",
     "data.datasets.sen12ms-cr.synth={patches_per_roi: 1, size: 256, rois: {train: 1, val: 1, test: 1}}",
     "data.datasets.vaihingen.synth={size: [520, 560], areas: {train: 1, test: 1}}",
-    "data.datasets.spacenet2.synth={aois: [AOI_2_Vegas], images_per_aoi: 5, pan_size: 648}",
+    "data.datasets.spacenet2.synth={aois: [AOI_2_Vegas], images_per_aoi: 5, pan_size: 650}",
 ]
 TASKS = ("bigearthnet", "sen12ms-cr", "vaihingen", "spacenet2")
 
@@ -66,7 +66,7 @@ EXPECTED = {
     "bigearthnet": ((120, 120), (2, 12, 128, 128), (12, 128, 128), (19,), None),
     "sen12ms-cr": ((256, 256), (2, 13, 160, 160), (13, 160, 160), (13, 160, 160), (13, 256, 256)),
     "vaihingen": ((512, 512), (2, 3, 512, 512), (3, 512, 512), (6, 512, 512), (512, 512)),
-    "spacenet2": ((648, 648), (2, 1, 256, 256), (1, 256, 256), (8, 256, 256), (8, 648, 648)),
+    "spacenet2": ((650, 650), (2, 1, 256, 256), (1, 256, 256), (8, 256, 256), (8, 650, 650)),
 }
 
 

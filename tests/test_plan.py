@@ -63,7 +63,7 @@ def test_paper_plan_without_stores(load):
     assert "random 160 px crops of 256 px tiles" in text and "whole 256 px tiles, sliding 160 px windows" in text
     assert "resized 120 -> 128 px" in text
     assert "random 512 px crops of 512 px tiles" in text and "whole 512 px areas (tiles put back together)" in text
-    assert "random 256 px crops of 648 px tiles" in text
+    assert "random 256 px crops of 650 px tiles" in text
     assert "group mdas: batch 12 per process (12 per step), loss weight 0.09375" in text
 
 

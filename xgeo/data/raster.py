@@ -144,11 +144,12 @@ def resize_nearest(x: np.ndarray, size: int) -> np.ndarray:
 
 def tile_offsets(length: int, tile: int, multiple: int = 1) -> list[int]:
     """Offsets of tiles covering [0, length): a regular grid whose last tile is aligned with the edge
-    (rounded down to ``multiple``, for grids that must map onto a coarser one)."""
+    (rounded down to ``multiple``, for grids that must map onto a coarser one). Every offset is a multiple of
+    ``multiple``: a tile that is not steps by its size rounded down to it (neighbours overlap by the remainder)."""
     if length < tile:
         return []
     last = (length - tile) // multiple * multiple
-    offs = list(range(0, last + 1, tile))
+    offs = list(range(0, last + 1, max(multiple, tile // multiple * multiple)))
     if offs[-1] != last:
         offs.append(last)
     return offs

@@ -7,7 +7,10 @@ metrics.json and run.json:
   ``F.interpolate(mode="area")``), the degraded MUL upsampled x4 to the degraded PAN's grid, fused, compared with
   the original MUL (H/4 x W/4).
 
-Upsampling is bicubic (align_corners=False). Inputs stacked as channels: [PAN, MUL] (1 + 8) before one patch
+Upsampling is bicubic (align_corners=False) by the ratio 4, on MUL's own grid: MUL pixel m covers PAN pixels 4m ..
+4m + 3, also where the PAN size is not a multiple of 4 (650 px PAN, 163 px MUL: the upsampled 652 px are cropped to
+PAN's 650). Wald's protocol degrades PAN on MUL's grid too: PAN extended by its edge pixels to 4 x MUL (650 -> 652)
+before the box average, so fused output and target are both MUL's 163 px. Inputs stacked as channels: [PAN, MUL] (1 + 8) before one patch
 embedding adapted to the two WorldView-3 sensors by band wavelength (neither is a pretraining sensor). The
 SimMIM decoder predicts the residual over the upsampled MUL; output and target are 11-bit DN / 2047 clipped to
 [0, 1] (the valid range of xgeo.sensors), on which PSNR and SSIM (data_range 1) are computed. Evaluation over the
@@ -73,7 +76,23 @@ class SpaceNet2(ImageTask):
         return batch["valid/mul"]
 
     def _up(self, x: torch.Tensor, size) -> torch.Tensor:
-        return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        """(B, C, h, w) on the coarse grid -> (B, C, *size) on the grid ``ratio`` x finer with the same corner
+        (upsampled by the ratio, then cropped to ``size``)."""
+        h, w = size
+        if -(-h // self.ratio) > x.shape[-2] or -(-w // self.ratio) > x.shape[-1]:
+            raise XGeoError(f"spacenet2: a MUL tile of {tuple(x.shape[-2:])} px does not cover a PAN tile of "
+                            f"{tuple(size)} px at the ratio {self.ratio}; re-convert the store (MUL tiles are "
+                            f"ceil(tile_size / {self.ratio}) px)")
+        return F.interpolate(x, scale_factor=self.ratio, mode="bicubic", align_corners=False)[..., :h, :w]
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        """Box average by the ratio on the coarse grid: (B, C, H, W) -> (B, C, ceil(H / r), ceil(W / r)), the
+        image extended by its edge pixels to whole coarse pixels."""
+        r = self.ratio
+        ph, pw = (-x.shape[-2]) % r, (-x.shape[-1]) % r
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return F.avg_pool2d(x, r)
 
     def prepare(self, batch: dict):
         pan, mul = batch["pan"], batch["mul"]
@@ -81,8 +100,8 @@ class SpaceNet2(ImageTask):
             target = self.unit("mul_pansharpen", batch["mul_pansharpen"])
         else:
             target = self.unit("mul", mul)
-            pan = F.interpolate(pan, scale_factor=1 / self.ratio, mode="area")
-            mul = F.interpolate(mul, scale_factor=1 / self.ratio, mode="area")
+            pan, mul = self._down(pan), self._down(mul)
+            pan = pan[..., : target.shape[-2], : target.shape[-1]]  # degraded PAN on the target's (MUL's) grid
         up = self._up(mul, pan.shape[-2:])
         # the residual's base: the upsampled MUL on the target's [0, 1] scale (the normalisation is affine per
         # band and bicubic weights sum to 1, so upsampling before or after it is the same)

@@ -70,21 +70,33 @@ def config_differences(stored: Mapping, expected: Mapping, prefix: str = "model_
     return out
 
 
-def load_pretrained(path: str | os.PathLike, params: Mapping | None = None) -> tuple[XGeo, dict]:
+def _without_backend(config: Mapping) -> dict:
+    moe = {k: v for k, v in (config.get("moe") or {}).items() if k != "backend"}
+    return {**config, "moe": moe}
+
+
+def load_pretrained(path: str | os.PathLike, params: Mapping | None = None,
+                    backend: str | None = None) -> tuple[XGeo, dict]:
     """Rebuild the XGeo of a checkpoint and load its weights -> (model in eval mode, meta).
 
     ``params``: when given, its model configuration must equal the checkpoint's (CheckpointError naming what
-    differs). ``meta``: the checkpoint without its weights and optimizer/scheduler/RNG states.
+    differs; the MoE backend is how the model runs, not what it is). ``backend``: the MoE backend to rebuild with
+    (default: params' ``model.moe.backend`` when params are given, else native): a checkpoint of either backend,
+    written by any number of processes, loads into either (``xgeo.model.moe`` maps the weights).
+    ``meta``: the checkpoint without its weights and optimizer/scheduler/RNG states (``model_config`` as saved).
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
     config = _config_of(ckpt)
     if params is not None:
-        diffs = config_differences(config, model_config(params))
+        diffs = config_differences(_without_backend(config), _without_backend(model_config(params)))
         if diffs:
             raise CheckpointError(f"{path}: the checkpoint's model differs from params.yaml: " + "; ".join(diffs))
+    if backend is None:
+        backend = ((params.get("model") or {}).get("moe") or {}).get("backend", "native") if params else "native"
+    built = {**config, "moe": {**(config.get("moe") or {}), "backend": backend}} if config.get("moe") else config
     try:
-        model = XGeo(config)
+        model = XGeo(built)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model from its model_config ({exc})") from None
     result = model.load_state_dict(ckpt["model"], strict=False)

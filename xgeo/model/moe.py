@@ -23,11 +23,14 @@ Auxiliary losses (``aux_loss``), both differentiable in the gate:
   (tutel compares a probability with a logit here; kept as it computes it. Var is the unbiased variance.)
 - ``gshard``: E * sum_e mean_i(p_ie) * frac_e, frac_e the share of first choices of expert e (1 when balanced).
 
-``backend: tutel`` wraps ``tutel.moe.moe_layer`` with the same configuration when tutel is installed.
+``backend: tutel`` wraps ``tutel.moe.moe_layer`` with the same configuration when tutel is installed. The two
+backends' state dicts map onto each other (``native_to_tutel`` / ``tutel_to_native``); each layer's load hook applies
+the mapping, so a checkpoint of either backend, written by any number of processes, loads into the other.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +98,78 @@ def shard_experts(saved: torch.Tensor, shape: torch.Size, rank: int, world: int,
         raise XGeoError(f"checkpoint {name}: {full.shape[dim]} experts cannot be split over {world} processes of "
                         f"{shape[dim]} experts each; use a number of processes that divides {full.shape[dim]}")
     return full.narrow(dim, rank * shape[dim], shape[dim]).clone()
+
+
+# ------------------------------------------------------------------------------------ tutel <-> native state dicts
+# tutel's expert FFN (tutel/experts/ffn.py, FusedExpertsNetwork) holds per rank, for its E_l = E / N experts:
+#   batched_fc1_w (E_l, h, d)  fc1's Linear weight (out x in) per expert    native w1 (E, d, h) = its transpose
+#   batched_fc2_w (E_l, h, d)  fc2's weight transposed (in x out)           native w2 (E, h, d) as it is
+#   batched_fc1_bias (E_l, h), batched_fc2_bias (E_l, d)                     native b1 (E, 1, h), b2 (E, 1, d)
+# and its gate gates.0.wg.weight (E, d) (native gate.weight) and the buffer _num_global_experts. In a TutelMoE these
+# sit under ``layer.``; its state dict stacks every rank's expert shard in rank order, (N, E_l, ...), and rank r holds
+# the global experts r * E_l .. (r + 1) * E_l - 1, so flattening the first two axes gives the experts in order.
+# As tutel's own loader does (MOELayer._load_from_state_dict), a saved expert tensor is read by element count, so
+# the stacking, and tutel versions storing the same values under another view, map alike.
+TUTEL_PREFIX = "layer."
+TUTEL_GATE = "layer.gates.0.wg.weight"
+TUTEL_EXPERTS = {"w1": "layer.experts.batched_fc1_w", "b1": "layer.experts.batched_fc1_bias",
+                 "w2": "layer.experts.batched_fc2_w", "b2": "layer.experts.batched_fc2_bias"}
+TUTEL_NUM_EXPERTS = "layer._num_global_experts"
+NATIVE_KEYS = ("gate.weight", "w1", "b1", "w2", "b2")
+
+
+def _experts_view(t: torch.Tensor, shape: tuple[int, ...], key: str) -> torch.Tensor:
+    if t.numel() != int(torch.tensor(shape).prod()):
+        raise XGeoError(f"checkpoint {key}: expected {'x'.join(map(str, shape))} values (experts x ...), found a "
+                        f"tensor of shape {tuple(t.shape)}; was it written by a model of another size?")
+    return t.reshape(shape)
+
+
+def is_tutel_state(state: Mapping, prefix: str = "") -> bool:
+    return prefix + TUTEL_GATE in state
+
+
+def is_native_state(state: Mapping, prefix: str = "") -> bool:
+    return prefix + "w1" in state and prefix + "gate.weight" in state
+
+
+def tutel_to_native(state: dict, prefix: str = "") -> dict:
+    """The MoE layer under ``prefix`` of a tutel-backend state dict (any process count) in the native layout.
+    Other keys are kept; tutel's ``_num_global_experts`` is dropped (the gate's rows are the experts)."""
+    out = {k: v for k, v in state.items() if not k.startswith(prefix + TUTEL_PREFIX)}
+    gate = state[prefix + TUTEL_GATE]
+    E, d = gate.shape
+    fc1 = state[prefix + TUTEL_EXPERTS["w1"]]
+    bias1 = state.get(prefix + TUTEL_EXPERTS["b1"])
+    h = bias1.numel() // E if bias1 is not None else fc1.numel() // (E * d)  # the expert hidden width
+    out[prefix + "gate.weight"] = gate.clone()
+    out[prefix + "w1"] = _experts_view(fc1, (E, h, d), prefix + TUTEL_EXPERTS["w1"]).transpose(1, 2).contiguous()
+    out[prefix + "w2"] = _experts_view(state[prefix + TUTEL_EXPERTS["w2"]], (E, h, d), prefix + TUTEL_EXPERTS["w2"]).clone()
+    for name, width in (("b1", h), ("b2", d)):
+        key = prefix + TUTEL_EXPERTS[name]
+        out[prefix + name] = (_experts_view(state[key], (E, 1, width), key).clone() if key in state
+                              else gate.new_zeros(E, 1, width))  # a tutel FFN built without biases
+    stray = [k for k in state if k.startswith(prefix + TUTEL_PREFIX) and k not in
+             {prefix + TUTEL_GATE, prefix + TUTEL_NUM_EXPERTS, *(prefix + v for v in TUTEL_EXPERTS.values())}]
+    if stray:
+        raise XGeoError(f"checkpoint: tutel MoE entries with no native counterpart: {stray[:4]} (a gate or expert "
+                        f"type other than top-k over FFN experts)")
+    return out
+
+
+def native_to_tutel(state: dict, prefix: str = "") -> dict:
+    """The MoE layer under ``prefix`` of a native state dict in the tutel backend's layout, as one process saves it
+    (every expert in one stacked shard, (1, E, ...)); it loads with any number of processes dividing E."""
+    out = {k: v for k, v in state.items() if k not in {prefix + n for n in NATIVE_KEYS}}
+    w1, w2 = state[prefix + "w1"], state[prefix + "w2"]
+    E, d, h = w1.shape
+    out[prefix + TUTEL_GATE] = state[prefix + "gate.weight"].clone()
+    out[prefix + TUTEL_EXPERTS["w1"]] = w1.transpose(1, 2).contiguous().unsqueeze(0)
+    out[prefix + TUTEL_EXPERTS["w2"]] = w2.clone().unsqueeze(0)
+    out[prefix + TUTEL_EXPERTS["b1"]] = state[prefix + "b1"].reshape(1, E, h).clone()
+    out[prefix + TUTEL_EXPERTS["b2"]] = state[prefix + "b2"].reshape(1, E, d).clone()
+    out[prefix + TUTEL_NUM_EXPERTS] = torch.tensor(E)
+    return out
 
 
 def capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
@@ -205,6 +280,7 @@ class MoE(nn.Module):
         self.reset_parameters()
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.last_stats: dict = {}
+        self.register_load_state_dict_pre_hook(_native_from_tutel)
 
     def reset_parameters(self) -> None:
         init_moe_parameters([("gate.weight", self.gate.weight), ("w1", self.w1), ("b1", self.b1), ("w2", self.w2),
@@ -287,9 +363,12 @@ class TutelMoE(nn.Module):
 
     Each rank holds E / world_size experts, as Swin-MoE does. Its state dict holds ALL experts: saving gathers every
     rank's shard (``gather_experts``; every rank takes part), loading keeps this rank's part (``shard_experts``), so
-    a checkpoint written by N processes loads with any M dividing E (tutel's layout: loading it into the native
-    backend needs a mapping of tutel's parameter names, not written here). Parameters start as the native backend's
-    (``init_moe_parameters``). ``last_stats`` is left empty: tutel keeps its routing internal.
+    a checkpoint written by N processes loads with any M dividing E, and (``tutel_to_native``) into the native
+    backend; a native checkpoint loads here (``native_to_tutel``). Parameters start as the native backend's from the
+    same RNG state: a native layer is drawn (every rank draws all E experts) and this rank keeps its shard, so both
+    backends and any process count start from the same model (tutel's ``seeds`` re-seed the global RNG while the
+    layer is built; that runs in a forked RNG). ``load_count`` is kept for the native layout (the timm export weights
+    experts by it) but not updated: tutel keeps its routing internal, as it does ``last_stats`` (left empty).
     """
 
     def __init__(self, dim: int, hidden: int, num_experts: int = 8, top_k: int = 1, capacity_factor: float = 1.25,
@@ -311,23 +390,28 @@ class TutelMoE(nn.Module):
                             f"of processes ({world}) for the tutel backend")
         self.num_experts, self.top_k = num_experts, top_k
         act = act_layer()
-        self.layer = tutel_moe.moe_layer(
+        fork = torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else [])
+        with fork:
+            self.layer = tutel_moe.moe_layer(
             gate_type={"type": "top", "k": top_k, "capacity_factor": capacity_factor, "gate_noise": gate_noise,
                        "fp32_gate": True},
             model_dim=dim,
             experts={"type": "ffn", "count_per_node": num_experts // world, "hidden_size_per_expert": hidden,
                      "activation_fn": act},
-            scan_expert_func=lambda name, param: setattr(param, "skip_allreduce", True),
-            seeds=(1, rank + 1, rank + 1),  # Swin-MoE: one gate seed for all, expert seeds per rank
-            batch_prioritized_routing=batch_prioritized,
-            is_gshard_loss=aux_loss == "gshard",
-        )
+                scan_expert_func=lambda name, param: setattr(param, "skip_allreduce", True),
+                seeds=(1, rank + 1, rank + 1),  # Swin-MoE: one gate seed for all, expert seeds per rank
+                batch_prioritized_routing=batch_prioritized,
+                is_gshard_loss=aux_loss == "gshard",
+            )
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.last_stats: dict = {}
         self.rank, self.world = rank, world
-        init_moe_parameters(list(self.named_parameters()))
+        self.register_buffer("load_count", torch.zeros(num_experts, dtype=torch.float64))
         self._register_state_dict_hook(_gather_expert_state)
         self.register_load_state_dict_pre_hook(_shard_expert_state)
+        # the native backend's initialisation, drawn as it draws it (all E experts), this rank's shard kept
+        native = MoE(dim, hidden, num_experts, top_k, capacity_factor, gate_noise, aux_loss, batch_prioritized)
+        self.load_state_dict(native.state_dict())
 
     def expert_parameter_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if getattr(p, "skip_allreduce", False)]
@@ -336,7 +420,9 @@ class TutelMoE(nn.Module):
         return [p for p in self.parameters() if getattr(p, "skip_allreduce", False)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer(x)
+        # ranks may hold different numbers of tokens (a step's groups differ between ranks): tutel then takes the
+        # capacity from the largest rank's count (one all-reduce), so every rank's all-to-all buffers agree
+        y = self.layer(x, inequivalent_tokens=self.world > 1)
         self.aux_loss = y.l_aux
         return y
 
@@ -348,9 +434,27 @@ def _gather_expert_state(module, state: dict, prefix: str, local_metadata) -> No
             state[prefix + name] = gather_experts(state[prefix + name])
 
 
+def _replace_layer_state(state: dict, prefix: str, convert) -> None:
+    """In place (a load pre-hook's dict): the entries under ``prefix`` replaced by ``convert`` of them."""
+    mine = {k: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+    state.update(convert(mine, prefix))
+
+
+def _native_from_tutel(module, state: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook of the native layer: a tutel-backend layer's entries mapped to the native layout
+    (a tutel checkpoint without ``load_count``: zeros, i.e. uniform expert weights)."""
+    if is_tutel_state(state, prefix):
+        _replace_layer_state(state, prefix, tutel_to_native)
+        state.setdefault(prefix + "load_count", torch.zeros(module.num_experts, dtype=torch.float64))
+
+
 def _shard_expert_state(module, state: dict, prefix: str, *args) -> None:
-    """load_state_dict pre-hook: a checkpoint's expert tensors (stacked shards of any process count) cut to this
-    rank's part."""
+    """load_state_dict pre-hook: a native layer's entries mapped to tutel's layout, then a checkpoint's expert
+    tensors (stacked shards of any process count) cut to this rank's part."""
+    if is_native_state(state, prefix):
+        _replace_layer_state(state, prefix, native_to_tutel)
+    if isinstance(getattr(module, "load_count", None), torch.Tensor):  # a tutel checkpoint of before load_count
+        state.setdefault(prefix + "load_count", torch.zeros_like(module.load_count))
     params = dict(module.named_parameters())
     for name in module.expert_parameter_names():
         key = prefix + name

@@ -1,6 +1,6 @@
-"""What a resumed run needs to repeat an uninterrupted one, in one file (``last.ckpt``): model, optimizer,
-scheduler, sampler (epoch, position, seeds), every RNG of every rank; and the check that a resume computes the
-same thing (``config_diff``)."""
+"""What a resumed run needs to repeat an uninterrupted one, in one file (``last.ckpt``): model, optimizer (and, with
+experts sharded over ranks, every rank's expert moments), scheduler, sampler (epoch, position, seeds), every RNG of
+every rank; and the check that a resume computes the same thing (``config_diff``)."""
 from __future__ import annotations
 
 import random
@@ -74,6 +74,45 @@ def load_checkpoint_file(path: Path) -> dict:
     return ckpt
 
 
+def _expert_indices(optimizer: torch.optim.Optimizer) -> list[int]:
+    """Positions (the numbering of ``optimizer.state_dict()``) of the parameters that are this rank's own experts
+    (the tutel backend's, marked ``skip_allreduce``): their optimizer state differs from rank to rank."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return [i for i, p in enumerate(params) if getattr(p, "skip_allreduce", False)]
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, info) -> tuple[dict, list | None]:
+    """(the optimizer's state dict, every rank's state of its own experts in rank order or None).
+
+    Under the tutel backend on N > 1 processes each rank's expert moments are its own; rank 0's state dict alone
+    would give every rank rank 0's on resume. Every rank must call it (a collective when experts are sharded)."""
+    state = optimizer.state_dict()
+    experts = _expert_indices(optimizer)
+    if not experts or not info.enabled:
+        return state, None
+    import torch.distributed as dist
+
+    cpu = lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    mine = {i: {k: cpu(v) for k, v in state["state"][i].items()} for i in experts if i in state["state"]}
+    ranks: list = [None] * info.world_size
+    dist.all_gather_object(ranks, mine)
+    return state, ranks
+
+
+def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer, ckpt: dict, info) -> None:
+    """Load ``ckpt``'s optimizer state, this rank's own experts' from ``optimizer_experts`` when it has them."""
+    ranks = ckpt.get("optimizer_experts")
+    if ranks is not None and len(ranks) != info.world_size:
+        raise CheckpointError(f"{path}: expert optimizer states of {len(ranks)} process(es), resumed with "
+                              f"{info.world_size}; resume with the same number of processes")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ranks is None:
+        return
+    state = optimizer.state_dict()
+    state["state"].update(ranks[info.rank])
+    optimizer.load_state_dict(state)
+
+
 def model_config(model: nn.Module, params: dict) -> Any:
     return getattr(model, "config", None) or params["model"]
 
@@ -84,6 +123,7 @@ def save(path: Path, model, objective, optimizer, scheduler, sampler, params, st
 
     # every rank: the tutel backend's state dict gathers each rank's experts (a collective)
     model_state = model.state_dict()
+    optimizer_sd, optimizer_experts = optimizer_state(optimizer, info)  # every rank: each one's expert moments
     extra = {f"{name}.{k}": v for name, child in objective.named_children() if name != "model"
              for k, v in child.state_dict().items()}  # what an objective adds to the model (distillation projection)
     state = rng_state()
@@ -100,7 +140,7 @@ def save(path: Path, model, objective, optimizer, scheduler, sampler, params, st
             "model_config": model_config(model, params),
             "params": params,
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_sd,
             "scheduler": scheduler.state_dict(),
             "sampler": sampler.state_dict(),
             "rng": {"ranks": ranks},
@@ -108,6 +148,8 @@ def save(path: Path, model, objective, optimizer, scheduler, sampler, params, st
         }
         if extra:
             ckpt["objective"] = extra
+        if optimizer_experts is not None:
+            ckpt["optimizer_experts"] = optimizer_experts
         save_checkpoint(path, ckpt)
     dist_utils.barrier(info)
 
@@ -116,7 +158,7 @@ def restore(path: Path, ckpt: dict, objective, optimizer, scheduler, sampler, in
     """Load a checkpoint's training state into this run; returns the step to continue from."""
     if "objective" in ckpt:
         objective.load_state_dict({**objective.state_dict(), **ckpt["objective"]})
-    optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(path, optimizer, ckpt, info)
     scheduler.load_state_dict(ckpt["scheduler"])
     sampler.load_state_dict(ckpt["sampler"])
     ranks = ckpt["rng"].get("ranks", [])

@@ -217,8 +217,8 @@ def _run(params, out, stores, layouts, ckpt, info, steps, checkpoint_every, on_s
                 t_save = time.perf_counter()
                 run_state.save(out / CKPT_NAME, model, objective, optimizer, scheduler, sampler, params, done, info)
                 last_good = done
-                if info.is_main:
-                    _figures(model, batch, layouts, datasets, params, out, done, run)
+                if info.is_main or ignore:  # sharded experts (tutel): the figure's forward is a collective
+                    _figures(model, batch, layouts, datasets, params, out, done, run, draw=info.is_main)
                 t0 += time.perf_counter() - t_save  # samples/s counts training time only
             progress.update(1)
             result["step"] = done
@@ -259,14 +259,19 @@ def _progress(info, start: int, total: int):
     return tqdm(total=total, initial=start, desc="pretrain", unit="step", disable=not info.is_main, dynamic_ncols=True)
 
 
-def _figures(model, batch, layouts, datasets, params, out, step, run) -> None:
-    """Figure 4 of the paper for the current batch; drawn with the RNG forked so training draws are unchanged."""
-    from .figures import reconstruction_figure
+def _figures(model, batch, layouts, datasets, params, out, step, run, draw: bool = True) -> None:
+    """Figure 4 of the paper for the current batch; drawn with the RNG forked so training draws are unchanged.
+    ``draw=False``: only the model's forward, on a rank whose experts the drawing rank's forward needs (tutel's
+    all-to-all is a collective every rank must join)."""
+    from .figures import reconstruction_figure, reconstruction_rows
 
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         was_training = model.training
         model.eval()
         try:
+            if not draw:
+                reconstruction_rows(model, batch, layouts, datasets, params)
+                return
             fig = reconstruction_figure(model, batch, layouts, datasets, params)
         finally:
             model.train(was_training)

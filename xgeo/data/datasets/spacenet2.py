@@ -2,7 +2,11 @@
 used here for pan-sharpening (PAN + MUL -> MUL-PanSharpen).
 
 Bands: PAN (uint16, 1 band, 0.3 m); MUL (uint16, 8 bands, 1.24 m, 1/4 of PAN's grid); MUL-PanSharpen (8 bands at PAN
-resolution). PAN and MUL-PanSharpen tiles of ``tile_size``, MUL tiles of ``tile_size / 4`` at the matching place.
+resolution). PAN and MUL-PanSharpen tiles of ``tile_size``, MUL tiles of ``ceil(tile_size / 4)`` at the matching
+place: the images are 650 px PAN and 163 px MUL (650 / 4 = 162.5: the MUL grid starts at PAN's corner and its last
+pixel reaches 2 PAN px past the PAN image), so ``tile_size: 650`` stores whole images with their whole MUL. Tile
+offsets are multiples of 4 (PAN pixel 4m is MUL pixel m); a MUL image too small for its last tile (fewer than
+ceil(PAN / 4) px) is extended by its edge pixels.
 
 Layout ``original`` (the requester-pays tarballs): ``AOI_<n>_<City>_Train/{PAN,MUL,MUL-PanSharpen}/
 <PRODUCT>_AOI_<n>_<City>_img<N>.tif``; no official split: a seeded split by image id (``val_fraction`` in val).
@@ -58,8 +62,9 @@ def plan(raw: Path, spec: DatasetSpec, params: dict) -> list[tuple]:
     """(AOI folder, image id, split) of every PAN image; the split is seeded by image id."""
     dp = dataset_params(params, spec.id)
     tile, ratio = int(dp["tile_size"]), int(spec.extra["ratio"])
-    if tile % ratio:
-        raise DataError(f"params data.datasets.spacenet2.tile_size: expected a multiple of {ratio}, found {tile}")
+    if tile < ratio:
+        raise DataError(f"params data.datasets.spacenet2.tile_size: expected at least the PAN/MUL ratio {ratio}, "
+                        f"found {tile}")
     aois = sorted(p for p in raw.glob("AOI_*_Train") if p.is_dir())
     if not aois:
         raise DataError(f"{raw}: expected AOI_<n>_<City>_Train folders, found none")
@@ -90,16 +95,21 @@ def read_image(raw: Path, unit: tuple, spec: DatasetSpec, params: dict) -> Itera
     check_pair(p_pan, r["pan"], paths["mul"], r["mul"], scale=ratio)
     h, w = r["pan"][0].shape[-2:]
     need_tiles(p_pan, (h, w), tile)
-    mh, mw = r["mul"][0].shape[-2:]
-    mt = tile // ratio
-    for y in tile_offsets(h, tile, ratio):
-        for x in tile_offsets(w, tile, ratio):
-            my, mx = min(y // ratio, mh - mt), min(x // ratio, mw - mt)
+    mt = -(-tile // ratio)  # ceil: the MUL pixels that cover the PAN tile
+    ys, xs = tile_offsets(h, tile, ratio), tile_offsets(w, tile, ratio)
+    mul, mul_crs, mul_t = r["mul"]
+    need = (ys[-1] // ratio + mt, xs[-1] // ratio + mt)
+    if need[0] > mul.shape[-2] or need[1] > mul.shape[-1]:  # a MUL short of ceil(PAN / ratio): edge pixels
+        mul = np.pad(mul, ((0, 0), (0, max(0, need[0] - mul.shape[-2])), (0, max(0, need[1] - mul.shape[-1]))),
+                     mode="edge")
+    for y in ys:
+        for x in xs:
+            my, mx = y // ratio, x // ratio
             tiles = {}
             for k, (d, crs, t) in r.items():
                 if k == "mul":
-                    tiles[k] = Tile(np.ascontiguousarray(d[:, my:my + mt, mx:mx + mt]), crs,
-                                    affine_tuple(window_transform(t, my, mx)))
+                    tiles[k] = Tile(np.ascontiguousarray(mul[:, my:my + mt, mx:mx + mt]), mul_crs,
+                                    affine_tuple(window_transform(mul_t, my, mx)))
                 else:
                     tiles[k] = Tile(np.ascontiguousarray(d[:, y:y + tile, x:x + tile]), crs,
                                     affine_tuple(window_transform(t, y, x)))
@@ -132,8 +142,12 @@ def write(sink: Sink, spec: DatasetSpec, cfg: dict, rng: np.random.Generator) ->
     Geographic coordinates (EPSG:4326) as in the SpaceNet release; building footprints in GeoJSON and WKT.
     """
     size, ratio = int(cfg["pan_size"]), int(spec.extra["ratio"])
-    if size % ratio:
-        raise XGeoError(f"params data.datasets.spacenet2.synth.pan_size: expected a multiple of {ratio}, found {size}")
+    if size < ratio:
+        raise XGeoError(f"params data.datasets.spacenet2.synth.pan_size: expected at least the ratio {ratio}, "
+                        f"found {size}")
+    # the scene covers whole MUL pixels, ceil(size / ratio) of them (650 px PAN: 163 px MUL, as released); PAN and
+    # the pan-sharpened products are its first ``size`` px
+    full = -(-size // ratio) * ratio
     mul = get_sensor("wv3_mul")
     gsd = get_sensor("wv3_pan").gsd_m
     wl = bands_nm("wv3_mul")
@@ -151,16 +165,17 @@ def write(sink: Sink, spec: DatasetSpec, cfg: dict, rng: np.random.Generator) ->
         table.writerow(["ImageId", "BuildingId", "PolygonWKT_Pix", "PolygonWKT_Geo"])
         base = f"{aoi}_Train"
         for img, cell in zip(ids, cells):
-            scene = sc.make_scene(rng, (size, size), gsd, _SN2_COVER)
+            scene = sc.make_scene(rng, (full, full), gsd, _SN2_COVER)
             shadow = sc.cast_shadows(scene, azimuth_deg=140.0, elevation_deg=60.0)
-            refl = sc.reflectance(scene, wl, 0.6, shadow)
+            refl_full = sc.reflectance(scene, wl, 0.6, shadow)
+            refl = refl_full[:, :size, :size]
             pan = np.tensordot(_PAN_WEIGHTS / _PAN_WEIGHTS.sum(), refl, axes=1)[None]
             west, north = lon0 + (cell % 20) * size * dlon, lat0 - (cell // 20) * size * dlat
             crs = CRS.from_epsg(4326)
             pansharp = sc.to_wv3(refl, rng)
             name = f"{aoi}_img{img}"
             sink.tif(f"{base}/PAN/PAN_{name}.tif", sc.to_wv3(pan, rng), crs, from_origin(west, north, dlon, dlat))
-            sink.tif(f"{base}/MUL/MUL_{name}.tif", sc.to_wv3(sc.block_mean(refl, ratio).astype(np.float32), rng), crs,
+            sink.tif(f"{base}/MUL/MUL_{name}.tif", sc.to_wv3(sc.block_mean(refl_full, ratio).astype(np.float32), rng), crs,
                      from_origin(west, north, dlon * ratio, dlat * ratio))
             sink.tif(f"{base}/MUL-PanSharpen/MUL-PanSharpen_{name}.tif", pansharp, crs,
                      from_origin(west, north, dlon, dlat))
@@ -168,8 +183,8 @@ def write(sink: Sink, spec: DatasetSpec, cfg: dict, rng: np.random.Generator) ->
                      from_origin(west, north, dlon, dlat))
             features = []
             for r0, r1, c0, c1, _h in scene.buildings:
-                r0, r1, c0, c1 = int(r0), int(r1), int(c0), int(c1)
-                if (scene.classes[r0:r1, c0:c1] == sc.BUILDING).mean() < 0.5:
+                r0, r1, c0, c1 = int(r0), min(int(r1), size), int(c0), min(int(c1), size)  # inside the PAN image
+                if r0 >= r1 or c0 >= c1 or (scene.classes[r0:r1, c0:c1] == sc.BUILDING).mean() < 0.5:
                     continue  # mostly cut away by a street
                 pix = [(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)]
                 geo = [(round(west + x * dlon, 9), round(north - y * dlat, 9)) for x, y in pix]
