@@ -27,7 +27,7 @@ from ..catalog import get_dataset
 from ..config import deep_merge
 from ..errors import DataError, XGeoError
 from ..sensors import get_sensor
-from .loop import sliding_window
+from .loop import sliding_windows
 
 
 
@@ -283,13 +283,14 @@ class ImageTask(Task):
             pred = pred + parts[-1]
         return F.l1_loss(pred, target), aux
 
-    def predict(self, net: FinetuneNet, xs: list[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
-        """Whole tiles (B, C_i, H, W) -> predictions on [0, 1] (B, C_t, H, W), by sliding windows."""
+    def predict(self, net: FinetuneNet, xs: list[torch.Tensor], base: torch.Tensor | None,
+                batch: int = 8) -> torch.Tensor:
+        """Whole tiles (B, C_i, H, W) -> predictions on [0, 1] (B, C_t, H, W), by sliding windows; the windows of
+        all B tiles go through the network ``batch`` at a time (``finetune.eval_batch_size`` in evaluate)."""
         sizes = [x.shape[1] for x in xs]
         stride = int(self.s.get("eval_stride") or self.image_size // 2)
         fn = lambda t: net(list(torch.split(t, sizes, 1)))[0]  # noqa: E731
-        preds = torch.stack([sliding_window(fn, torch.cat([x[b] for x in xs]), self.image_size, stride,
-                                            device=self.device) for b in range(xs[0].shape[0])])
+        preds = sliding_windows(fn, torch.cat(xs, 1), self.image_size, stride, batch=batch, device=self.device)
         if base is not None:
             preds = preds + base
         return preds.clamp(0.0, 1.0)
@@ -305,7 +306,7 @@ class ImageTask(Task):
         pos = 0
         for batch in loader:
             xs, target, base = self.prepare(batch)
-            pred = self.predict(net, xs, base)
+            pred = self.predict(net, xs, base, batch=loader.batch_size or 8)
             valid = self.valid_mask(batch)
             meter.update(pred, target, valid)
             for b in range(pred.shape[0]):

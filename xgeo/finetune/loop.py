@@ -164,31 +164,40 @@ def positions(length: int, window: int, stride: int) -> list[int]:
     return offs
 
 
-@torch.no_grad()
 def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int, stride: int,
                    batch: int = 8, device: torch.device | None = None) -> torch.Tensor:
-    """Dense prediction of an image of any size with a model that takes ``window`` x ``window`` inputs.
+    """Dense prediction of one image (C, H, W) -> (K, H, W): :func:`sliding_windows` of a batch of one."""
+    return sliding_windows(fn, image[None], window, stride, batch, device)[0]
 
-    image: (C, H, W) -> (K, H, W) float32 on the image's device, the mean of the outputs of every window covering
-    a pixel. The windows go to ``device`` (the model's; default: the image's) in chunks of ``batch`` and the sums
-    are kept there in float32 (an autocast model's bf16 outputs are not summed in bf16). An image smaller than the
-    window is padded (replicated edge) and the output cropped back.
+
+@torch.inference_mode()
+def sliding_windows(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, window: int, stride: int,
+                    batch: int = 8, device: torch.device | None = None) -> torch.Tensor:
+    """Dense prediction of images of any size with a model that takes ``window`` x ``window`` inputs.
+
+    images: (B, C, H, W) -> (B, K, H, W) float32 on the images' device, per pixel the mean of the outputs of every
+    window covering it. The windows of all B images (image-major, then row, then column) go to ``device`` (the
+    model's; default: the images') in chunks of ``batch``, so B small tiles of one window each are ONE forward of
+    ``batch`` windows, not B forwards of one; the sums are kept there in float32 (an autocast model's bf16 outputs
+    are not summed in bf16). Images smaller than the window are padded (replicated edge) and the output cropped
+    back. A model whose output for a window depends on the other windows of its chunk (MoE capacity) gives results
+    that depend on ``batch``.
     """
-    c, h, w = image.shape
-    device = device or image.device
+    b, c, h, w = images.shape
+    device = device or images.device
     ph, pw = max(0, window - h), max(0, window - w)
     if ph or pw:
-        image = F.pad(image[None], (0, pw, 0, ph), mode="replicate")[0]
-    H, W = image.shape[-2:]
-    boxes = [(y, x) for y in positions(H, window, stride) for x in positions(W, window, stride)]
+        images = F.pad(images, (0, pw, 0, ph), mode="replicate")
+    H, W = images.shape[-2:]
+    boxes = [(k, y, x) for k in range(b) for y in positions(H, window, stride) for x in positions(W, window, stride)]
     out = count = None
     for i in range(0, len(boxes), batch):
         chunk = boxes[i:i + batch]
-        pred = fn(torch.stack([image[:, y:y + window, x:x + window] for y, x in chunk]).to(device)).float()
+        pred = fn(torch.stack([images[k, :, y:y + window, x:x + window] for k, y, x in chunk]).to(device)).float()
         if out is None:
-            out = pred.new_zeros(pred.shape[1], H, W)
-            count = pred.new_zeros(1, H, W)
-        for (y, x), p in zip(chunk, pred):
-            out[:, y:y + window, x:x + window] += p
-            count[:, y:y + window, x:x + window] += 1
-    return (out / count)[:, :h, :w].to(image.device)
+            out = pred.new_zeros(b, pred.shape[1], H, W)
+            count = pred.new_zeros(b, 1, H, W)
+        for (k, y, x), p in zip(chunk, pred):
+            out[k, :, y:y + window, x:x + window] += p
+            count[k, :, y:y + window, x:x + window] += 1
+    return (out / count)[..., :h, :w].to(images.device)

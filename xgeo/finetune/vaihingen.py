@@ -120,7 +120,8 @@ class Vaihingen(Task):
                 label[r:r + th, c:c + tw] = y
                 covered[r:r + th, c:c + tw] += 1
             overlap |= bool((covered > 1).any())
-            pred = sliding_window(fn, image, self.image_size, stride, device=self.device).argmax(0)
+            pred = sliding_window(fn, image, self.image_size, stride, batch=loader.batch_size or 8,
+                                  device=self.device).argmax(0)
             meter.update(pred, label)  # each pixel of the area once, however many tiles cover it
             for pos, r, c in tiles:
                 if pos in keep:
