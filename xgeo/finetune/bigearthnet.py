@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import metrics
+from ..metrics import multilabel_map, per_batch_micro_map
 from ..errors import DataError, XGeoError
 from .heads import ClassificationHead
 from .base import FinetuneNet, InputSpec, Task, split_indices
@@ -138,7 +138,7 @@ class BigEarthNet(Task):
                         logits, _ = net([x.to(self.device) for x in self._inputs(batch)])
                         scores.append(torch.sigmoid(logits.float()).cpu().numpy())
                         targets.append(batch[f"labels/{LABEL}"].numpy().astype(np.uint8))
-                value = metrics.per_batch_micro_map(np.concatenate(scores), np.concatenate(targets), loader.batch_size)
+                value = per_batch_micro_map(np.concatenate(scores), np.concatenate(targets), loader.batch_size)
                 self.literature_history.append((int(step), value))
             finally:
                 net.train(training)
@@ -179,7 +179,7 @@ class BigEarthNet(Task):
             index.append(batch["index"].numpy())
         scores, targets = np.concatenate(scores), np.concatenate(targets)
         # metrics from exactly the arrays saved, so predictions.npz reproduces metrics.json bit for bit
-        m = metrics.multilabel_map(scores, targets)
+        m = multilabel_map(scores, targets)
         result = {"mAP_micro": m["mAP_micro"], "mAP_macro": m["mAP_macro"],
                   "AP_per_class": dict(zip(self.class_names, m["AP_per_class"])),
                   "classes_without_positives": [self.class_names[k] for k in m["classes_without_positives"]],
@@ -187,7 +187,7 @@ class BigEarthNet(Task):
         if self.protocol == "literature":
             # the cited papers' way beside ours: per-batch micro AP averaged, the best of the evaluations made during
             # training (see during_training) and of this final one; mAP_micro stays the final model's
-            final = metrics.per_batch_micro_map(scores, targets, loader.batch_size)
+            final = per_batch_micro_map(scores, targets, loader.batch_size)
             history = [*self.literature_history, (self.literature_final_step, final)]
             best_step, best = max(history, key=lambda h: (h[1], -h[0]))  # the earliest of equal maxima
             result.update(mAP_micro_per_batch=best, mAP_micro_per_batch_best_step=best_step,

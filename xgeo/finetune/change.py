@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import metrics
+from ..metrics import ConfusionMeter, binary_scores
 from ..errors import DataError, XGeoError
 from .heads import UPerHead
 from .loop import sliding_window
@@ -131,7 +131,7 @@ class ChangeDetection(Task):
     @torch.no_grad()
     def evaluate(self, net: FinetuneNet, ds, loader, out: Path) -> tuple[dict, dict, list]:
         net.eval()
-        meter = metrics.ConfusionMeter(len(self.class_names), self.ignore_index)
+        meter = ConfusionMeter(len(self.class_names), self.ignore_index)
         c = len(self.modalities["t1"]["bands"])
         stride = int(self.s.get("eval_stride") or self.image_size // 2)
         keep = set(self.sample_tiles(len(ds)).tolist())
@@ -161,7 +161,7 @@ class ChangeDetection(Task):
                     saved[pos] = (pred[r:r + th, col:col + tw].numpy().astype(np.uint8),
                                   s["labels/mask"].numpy().astype(np.uint8), int(s["index"]),
                                   s["t1"].numpy(), s["t2"].numpy())
-        scores = metrics.binary_scores(meter.matrix, positive=1)
+        scores = binary_scores(meter.matrix, positive=1)
         order = sorted(saved)
         arrays = {"outputs": np.stack([saved[p][0] for p in order]), "targets": np.stack([saved[p][1] for p in order]),
                   "index": np.asarray([saved[p][2] for p in order]), "confusion": meter.matrix,

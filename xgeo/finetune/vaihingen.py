@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import metrics
+from ..metrics import ConfusionMeter, segmentation_scores
 from ..errors import DataError
 from .figures import colourise, panels, stretch
 from .heads import UPerHead
@@ -96,7 +96,7 @@ class Vaihingen(Task):
     @torch.no_grad()
     def evaluate(self, net: FinetuneNet, ds, loader, out: Path) -> tuple[dict, dict, list]:
         net.eval()
-        meter = metrics.ConfusionMeter(len(self.class_names), self.ignore_index)
+        meter = ConfusionMeter(len(self.class_names), self.ignore_index)
         keys = [i.key for i in self.input_specs()]
         sizes = [self.modalities[k]["bands"].__len__() for k in keys]
         stride = int(self.s.get("eval_stride") or self.image_size // 2)
@@ -129,7 +129,7 @@ class Vaihingen(Task):
                     saved[pos] = (pred[r:r + th, c:c + tw].numpy().astype(np.uint8),
                                   s[f"labels/{self.eval_label}"].numpy().astype(np.uint8),
                                   s[keys[0]].numpy(), int(s["index"]))
-        m = metrics.segmentation_scores(meter.matrix, self.class_names, self.eval_classes)
+        m = segmentation_scores(meter.matrix, self.class_names, self.eval_classes)
         order = sorted(saved)
         arrays = {
             "outputs": np.stack([saved[p][0] for p in order]), "targets": np.stack([saved[p][1] for p in order]),
