@@ -52,7 +52,7 @@ def test_demo_plan_with_stores_passes_and_reads_them(load, demo_zarr):
     spe = max(-(-sizes["rgb"] // 16), -(-sizes["sen12ms"] // 4), -(-sizes["mdas"] // 2))
     assert f"{spe} steps/epoch, 1500 steps, warm-up 100" in text
     ben = store_info(demo_zarr / "bigearthnet.zarr")["splits"]["train"]
-    assert f"{-(-ben // 16)} steps/epoch, 300 steps, warm-up 30" in text
+    assert f"{-(-ben // 16)} steps/epoch, 100 steps, warm-up 10" in text
 
 
 def test_paper_plan_without_stores(load):
