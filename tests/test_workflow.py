@@ -192,3 +192,17 @@ def test_critical_path_is_scheduled_first(root, workdir):
         assert j["priority"] == (pretrain[0]["priority"] if j["wildcards"] in critical else 0), j
     others = [j for j in jobs if j["rule"] not in ("raw", "convert", "pretrain")]
     assert others and max(j["priority"] for j in others) < pretrain[0]["priority"]
+
+
+def test_profile_demo_long_changes_only_the_table3_finetuning_schedule(root):
+    """overlays/demo-long.yaml: the demo with 300 finetuning steps (30 warm-up) for the four Table 3 tasks."""
+    from xgeo.config import load_params
+
+    demo = load_params(root / "params.yaml")
+    long = load_params(root / "params.yaml", ["profile=demo-long"])
+    tasks = ("bigearthnet", "vaihingen", "sen12ms-cr", "spacenet2")
+    assert [demo["finetune"][t]["steps"] for t in tasks] == [100] * 4
+    assert [(long["finetune"][t]["steps"], long["finetune"][t]["warmup_steps"]) for t in tasks] == [(300, 30)] * 4
+    for t in tasks:  # the rest of each task's settings is the demo's
+        demo["finetune"][t].update(steps=300, warmup_steps=30)
+    assert dict(demo, profile="demo-long") == long
