@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["data.datasets.bigearthnet.synth.patches={train: 40, val: 24, test: 4}"]
+SMALL = ["data.datasets.bigearthnet.synth.patches={train: 24, val: 8, test: 4}"]
 FAST = ["finetune.eval_batch_size=8", "finetune.bigearthnet.image_size=32", "finetune.bigearthnet.batch_size=4",
         "finetune.bigearthnet.warmup_steps=2", "model.size=demo"]
 STEPS = 3
