@@ -105,3 +105,22 @@ def test_several_seeds_need_a_seed_placeholder_in_out(tmp_path):
     res = CliRunner().invoke(main, ["finetune", "bigearthnet", "--init", "random", "--out", str(tmp_path / "r{seed}"),
                                     "--seeds", "0,x"])
     assert res.exit_code == 2 and "expected integers separated by commas" in res.output
+
+
+def test_predictions_archive_is_the_same_bytes_for_the_same_arrays():
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from xgeo.io import npz_bytes
+
+    arrays = {"scores": np.arange(6, dtype=np.float32).reshape(2, 3), "class_names": np.asarray(["a", "bc"]),
+              "complete": np.bool_(True), "data_range": np.float64(1.0)}
+    data = npz_bytes(arrays)
+    assert {i.date_time for i in zipfile.ZipFile(io.BytesIO(data)).infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    back = np.load(io.BytesIO(data))
+    assert sorted(back.files) == sorted(arrays)
+    for k, v in arrays.items():
+        assert back[k].dtype == np.asarray(v).dtype and np.array_equal(back[k], v), k
+    assert npz_bytes(dict(arrays, scores=arrays["scores"] + 1)) != data
