@@ -113,3 +113,24 @@ def test_two_process_gloo_finetune_keeps_ranks_identical(ben_zarr, tmp_path):
     assert metrics["eval_samples"] == 8 and 0.0 <= metrics["mAP_micro"] <= 100.0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "predictions.npz", "run.json",
                                                      "train_ids.txt"]
+
+
+def test_two_process_gloo_finetune_runs_several_seeds_as_separate_launches_do(ben_zarr, tmp_path):
+    """Under torchrun, `xgeo finetune --seeds 0,1` (one process group for both seeds) writes each seed's run as a
+    launch of its own with --set seed=K does: rank 0 writes both directories, byte-identical for seed 1."""
+    sets = [a for o in [f"paths.zarr={ben_zarr}", *TINY_BEN] for a in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+              "xgeo.cli", "finetune", "bigearthnet", "--init", "random", "--steps", "2",
+              "--params", str(ROOT / "params.yaml"), *sets]
+    for extra in (["--out", str(tmp_path / "both" / "seed{seed}"), "--seeds", "0,1"],
+                  ["--out", str(tmp_path / "alone1"), "--set", "seed=1"]):
+        proc = subprocess.run(launch + extra, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    for seed in (0, 1):
+        run = json.loads((tmp_path / "both" / f"seed{seed}" / "run.json").read_text())
+        assert run["processes"] == 2 and run["seed"] == seed
+    for name in ("metrics.json", "predictions.npz"):
+        assert (tmp_path / "both" / "seed1" / name).read_bytes() == (tmp_path / "alone1" / name).read_bytes(), name
+    assert (tmp_path / "both" / "seed0" / "predictions.npz").read_bytes() != \
+        (tmp_path / "alone1" / "predictions.npz").read_bytes()  # the seeds trained differently

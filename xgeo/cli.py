@@ -214,12 +214,25 @@ def export_cmd(checkpoint: str, out: str, sensor: str | None, params: dict) -> N
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--fraction", type=float, default=None, help="fraction of the training split (BigEarthNet: 0.01, 0.1, 1.0)")
 @click.option("--steps", type=int, default=None)
+@click.option("--seeds", default=None, metavar="K,K,...",
+              help="finetuning seeds run in turn in this process, each as with --set seed=K; --out then names "
+                   "each run's directory with {seed} (default: the one seed of params)")
 @params_options
-def finetune_cmd(task: str, init: str, out: str, fraction: float | None, steps: int | None, params: dict) -> None:
+def finetune_cmd(task: str, init: str, out: str, fraction: float | None, steps: int | None, seeds: str | None,
+                 params: dict) -> None:
     """Finetune and evaluate TASK (bigearthnet | vaihingen | sen12ms-cr | spacenet2 | oscd | dsifn | whu); writes metrics.json and predictions.npz."""
-    from .finetune.run import finetune
+    from .finetune.run import finetune_seeds
 
-    finetune(task, init, Path(out), params, fraction=fraction, steps=steps)
+    finetune_seeds(task, init, out, params, _seed_list(seeds) if seeds else [int(params.get("seed", 0))],
+                   fraction=fraction, steps=steps)
+
+
+def _seed_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]."""
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise XGeoError(f"finetune --seeds {text!r}: expected integers separated by commas (e.g. 0,1,2)") from None
 
 
 # ----------------------------------------------------------------------------------------------------------- plan

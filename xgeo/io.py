@@ -65,3 +65,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj, **kwargs) -> None:
     kwargs.setdefault("indent", 2)
     write_text(path, json.dumps(obj, **kwargs) + "\n")
+
+
+def npz_bytes(arrays) -> bytes:
+    """``numpy.savez_compressed``'s archive of ``{name: array}``, with a fixed member timestamp (numpy stamps each
+    member with the current time), so that the same arrays always give the same bytes."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o600 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                npy.write_array(f, np.asanyarray(value), allow_pickle=True)
+    return buf.getvalue()

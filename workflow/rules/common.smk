@@ -49,6 +49,8 @@ RUNS = PARAMS["paths"]["runs"]
 RESULTS = PARAMS["paths"]["results"]
 TASKS = ("bigearthnet", "vaihingen", "sen12ms-cr", "spacenet2")
 TASKS += ("oscd", "dsifn", "whu")  # the appendix suite (Tables 8 and 9)
+# the finetuning seeds of every cell (tables.replicates): one finetune job runs them all (finetune.smk)
+FINETUNE_SEEDS = xtables.seeds(PARAMS)
 
 
 wildcard_constraints:
@@ -56,7 +58,7 @@ wildcard_constraints:
     experiment="|".join(PARAMS["experiments"]),
     init=r"[A-Za-z0-9_]+",
     setting=r"[0-9.]+(-[A-Za-z0-9_]+)?",
-    seed=r"[0-9]+(-pretrain[0-9]+)?",  # finetuning seed [-pretraining seed] (tables.pretrain_replicates > 1)
+    pretrain=r"(-pretrain[0-9]+)?",  # a run directory's pretraining seed, if any (tables.pretrain_replicates > 1)
     table=r"table[0-9]+",
 
 
@@ -86,7 +88,7 @@ def pretrain_run_dir(wildcards):
 def finetune_digest(wildcards):
     p = exp_params(wildcards.experiment)
     # every setting xgeo.provenance records, so Snakemake reruns a finetune when one changes
-    return digest([wildcards.seed, p.get("profile"), p.get("model"), p.get("finetune"),
+    return digest([FINETUNE_SEEDS, wildcards.pretrain, p.get("profile"), p.get("model"), p.get("finetune"),
                    p["data"]["source"], p["data"]["datasets"], finetune_extra_sets(wildcards)])
 
 
@@ -114,7 +116,7 @@ def finetune_inputs(task):
     def inputs(wildcards):
         out = {"store": store(task)}
         if wildcards.init == "xgeo":
-            _, pseed = xtables.parse_replicate(wildcards.seed)
+            pseed = pretrain_seed(wildcards)
             out["weights"] = str(xtables.pretrain_checkpoint(PARAMS, wildcards.experiment, pseed))
         elif wildcards.init != "random":
             out["weights"] = str(xtables.init_weights(PARAMS, wildcards.init))
@@ -123,9 +125,14 @@ def finetune_inputs(task):
     return inputs
 
 
-def finetune_seed(wildcards):
-    """The finetuning seed of a replicate directory seed<k>[-pretrain<p>]."""
-    return xtables.parse_replicate(wildcards.seed)[0]
+def pretrain_seed(wildcards):
+    """The pretraining seed p of a finetune job's run directories seed<k>-pretrain<p> (None: seed<k>)."""
+    return xtables.parse_replicate(f"seed0{wildcards.pretrain}")[1]
+
+
+def finetune_out(wildcards, output):
+    """xgeo finetune --out of a job: its run directories seed<k>[-pretrain<p>] as the template seed{seed}[...]."""
+    return os.path.join(os.path.dirname(os.path.dirname(output.metrics[0])), f"seed{{seed}}{wildcards.pretrain}")
 
 
 def finetune_extra_sets(wildcards):

@@ -1,7 +1,13 @@
 # Finetune-evaluate: one rule per downstream task, parameterised by experiment, init and setting (fraction[-variant]).
-#   results/runs/{experiment}/{task}/{init}/f{fraction}[-{variant}]/seed{seed}/{metrics.json, predictions.npz, run.json}
-# one run per finetuning seed (tables.replicates of them: seed, seed + 1, ...); a table cell is their mean ± std
+#   results/runs/{experiment}/{task}/{init}/f{fraction}[-{variant}]/seed{k}[-pretrain{p}]/{metrics.json, predictions.npz, run.json}
+# one job per cell (and pretraining replicate) runs every finetuning seed k (tables.replicates of them: seed,
+# seed + 1, ...) in turn in one process (xgeo finetune --seeds), each seed its own run directory; a table cell is
+# their mean ± std.
 # workflow.finetune.gpu: the job's GPUs; more than one runs the task data-parallel under torchrun (evaluation on rank 0).
+
+
+def _replicate_outputs(task, name):
+    return [f"{RUNS}/{{experiment}}/{task}/{{init}}/f{{setting}}/seed{k}{{pretrain}}/{name}" for k in FINETUNE_SEEDS]
 
 
 for _task in TASKS:
@@ -13,11 +19,11 @@ for _task in TASKS:
             unpack(finetune_inputs(_task)),
             plan=plan_check,
         output:
-            metrics=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}/metrics.json",
-            predictions=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}/predictions.npz",
-            run=f"{RUNS}/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}/run.json",
+            metrics=_replicate_outputs(_task, "metrics.json"),
+            predictions=_replicate_outputs(_task, "predictions.npz"),
+            run=_replicate_outputs(_task, "run.json"),
         log:
-            f"logs/finetune/{{experiment}}/{_task}/{{init}}/f{{setting}}/seed{{seed}}.log",
+            f"logs/finetune/{{experiment}}/{_task}/{{init}}/f{{setting}}/seeds{{pretrain}}.log",
         params:
             sets=SETS,
             task=_task,
@@ -26,8 +32,8 @@ for _task in TASKS:
             init=lambda w, input: input.get("weights", "random"),
             fraction=lambda w: split_setting(w.setting)[0],
             variant=finetune_extra_sets,
-            out=lambda w, output: os.path.dirname(output.metrics),
-            seed=finetune_seed,
+            out=finetune_out,
+            seeds=",".join(map(str, FINETUNE_SEEDS)),
         threads: PARAMS["workflow"]["finetune"]["threads"]
         resources:
             gpu=PARAMS["workflow"]["finetune"]["gpu"],
@@ -36,4 +42,4 @@ for _task in TASKS:
             "../../envs/xgeo.yaml"
         shell:
             "{params.launcher} finetune {params.task} --init {params.init} --out {params.out} --fraction {params.fraction}"
-            " --experiment {wildcards.experiment} {params.sets} {params.variant} --set seed={params.seed} > {log} 2>&1"
+            " --experiment {wildcards.experiment} {params.sets} {params.variant} --seeds {params.seeds} > {log} 2>&1"

@@ -144,6 +144,14 @@ class Task(abc.ABC):
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per modality (mean, std), set by bind()
         self.device = torch.device("cpu")  # where the network runs (set by xgeo.finetune.run); batches come on the CPU
 
+    def for_seed(self, params: Mapping) -> "Task":
+        """This task for a run with ``params`` (the same but for ``seed``: another finetuning seed of the same
+        command): a shallow copy sharing the opened store and settings, with its own params and random stream."""
+        t = copy.copy(self)
+        t.params = params
+        t.gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
+        return t
+
     def bind(self, ds) -> None:
         """Take the normalisation statistics of the store from a ZarrDataset of it."""
         self.stats = {k: ds.stats(k) for k in ds.keys}

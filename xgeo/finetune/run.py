@@ -14,11 +14,17 @@ the CPU) and ``finetune.compile`` (torch.compile of the training forward) as pre
 process ``batch_size / N`` samples of every step, so ``batch_size`` stays the global batch); the evaluation runs
 on rank 0 alone, on the whole evaluation set, with the unwrapped network (the same metrics as one process), and
 only rank 0 writes metrics.json, predictions.npz, run.json and the MLflow run.
+
+``xgeo finetune TASK --seeds 0,1,2 --out DIR/seed{seed}`` (:func:`finetune_seeds`) runs several finetuning seeds
+in turn in one process, each written exactly as a run of its own with ``--set seed=K`` writes it (its own
+directory, MLflow run and settings digest; metrics.json and predictions.npz byte for byte the same): the imports,
+the opened store, the datasets, the decoded training samples (:class:`SampleCache`), the MLflow client and the
+process group are set up once; every random stream (weights, data order, crops and flips, dropout) is seeded
+again from each run's seed. A single-seed run is the same loop with one seed.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
@@ -32,7 +38,7 @@ import numpy as np
 import torch
 
 from .. import tracking
-from ..io import write_bytes, write_json
+from ..io import npz_bytes, write_bytes, write_json
 from ..errors import XGeoError
 from ..runtime import autocast, select_device
 from ..runtime import configure as configure_runtime
@@ -183,6 +189,18 @@ def _rank_batch(task: str, batch_size: int, n_train: int, world: int) -> int:
     return max(1, min(per_rank, n_train // world))
 
 
+def run_dirs(out: str | Path, seeds: list[int]) -> list[Path]:
+    """The run directory of each seed: ``out`` with ``{seed}`` replaced by the seed. Several seeds need the
+    placeholder (each run writes a directory of its own)."""
+    out = str(out)
+    if len(seeds) != len(set(seeds)):
+        raise XGeoError(f"finetune --seeds {','.join(map(str, seeds))}: expected distinct seeds, found a repeated one")
+    if len(seeds) > 1 and "{seed}" not in out:
+        raise XGeoError(f"finetune --out {out!r}: with {len(seeds)} seeds expected a directory template containing "
+                        "{seed} (e.g. results/runs/x/seed{seed}), found none")
+    return [Path(out.replace("{seed}", str(k))) for k in seeds]
+
+
 def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float | None = None,
              steps: int | None = None, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     """Finetune ``task`` from ``init`` and evaluate it; returns the metrics dict written to ``out/metrics.json``
@@ -192,34 +210,73 @@ def finetune(task: str, init: str, out: Path, params: Mapping, fraction: float |
     timm Swin/SwinV2 state dict | a name of ``finetune.weights``; fraction: of the training split (BigEarthNet);
     steps: optimiser steps (default: the task's ``steps``, or ``epochs`` x steps per epoch); 0 evaluates the
     initialised network untrained; on_step(step, network): called after every optimiser step.
+    The finetuning seed is the params' ``seed``: :func:`finetune_seeds` with that one seed.
     """
+    return finetune_seeds(task, init, out, params, [int(params.get("seed", 0))], fraction, steps, on_step)[0]
+
+
+def finetune_seeds(task: str, init: str, out: str | Path, params: Mapping, seeds: list[int],
+                   fraction: float | None = None, steps: int | None = None,
+                   on_step: Callable[[int, torch.nn.Module], None] | None = None) -> list[dict]:
+    """:func:`finetune` once per finetuning seed of ``seeds``, in turn, in this process, into ``out`` with
+    ``{seed}`` replaced by the seed (:func:`run_dirs`); each run is the one ``finetune`` with params ``seed`` = K
+    gives. Returns the metrics dict of each run."""
     started = time.time()
-    out = Path(out)
+    seeds = [int(k) for k in seeds]
+    if not seeds:
+        raise XGeoError("finetune --seeds: expected at least one seed, found none")
+    dirs = run_dirs(out, seeds)
     ft = params["finetune"]
     amp, compile_ = str(ft.get("amp", "auto")), bool(ft.get("compile", False))
     procs = setup_processes(params)
+    shared = _Shared()
     try:
-        return _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, compile_, started)
+        results = []
+        for k, (seed, d) in enumerate(zip(seeds, dirs)):
+            run_params = dict(params, seed=seed)
+            results.append(_finetune(task, init, d, run_params, fraction, steps, on_step, procs, amp, compile_,
+                                     started if k == 0 else time.time(), shared))
+        return results
     finally:
         if procs.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, compile_, started) -> dict:
+class _Shared:
+    """What the seeds of one :func:`finetune_seeds` call share (nothing of it depends on the seed): the task with
+    its opened store, the training dataset with its decoded samples (kept while the next seed trains on the same
+    subset: one drawn with the run seed, when ``subset_seed`` is unset, differs between seeds) and the evaluation
+    dataset."""
+
+    def __init__(self) -> None:
+        self.task = None
+        self.train: tuple[bytes, SampleCache] | None = None  # (training indices, their dataset)
+        self.eval = None
+
+
+def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, compile_, started, shared) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     configure_runtime(params, procs.device.type)
     autocast(amp, procs.device, "finetune.amp")  # a bad value fails before any work
     seed = int(params.get("seed", 0))
     torch.manual_seed(seed)  # the same initial weights on every rank
-    t = get_task(task, params)
+    if shared.task is None:
+        shared.task = get_task(task, params)
+    t = shared.task.for_seed(params)
     t.device = procs.device
     if procs.rank:
         t.gen.manual_seed(int(np.random.SeedSequence([seed, procs.rank]).generate_state(1)[0]))  # own crops and flips
     s = t.s
     train_idx, subset = t.train_indices(fraction, out)
-    train_ds = SampleCache(t.make_dataset("train", train_idx), int(params["finetune"].get("cache_mb", 0)) << 20)
+    key = np.asarray(train_idx, dtype=np.int64).tobytes()
+    if shared.train is None or shared.train[0] != key:  # the first seed, or a subset drawn with the run seed
+        shared.train = (key, SampleCache(t.make_dataset("train", train_idx),
+                                         int(params["finetune"].get("cache_mb", 0)) << 20))
+    train_ds = shared.train[1]
     t.bind(train_ds)
-    eval_ds = t.make_dataset(t.eval_split())
+    if shared.eval is None:
+        shared.eval = t.make_dataset(t.eval_split())
+    eval_ds = shared.eval
     if len(eval_ds) == 0:
         from ..errors import DataError
 
@@ -275,7 +332,8 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
         loader = _loader(train_ds, batch_size, True, params, drop_last=True, procs=procs, shard=True)
         eval_loader = _loader(eval_ds, int(params["finetune"]["eval_batch_size"]), False, params, procs=procs)
         on_step = _chain(on_step, t.during_training(eval_ds, eval_loader, len(train_ds), total) if procs.is_main else None)
-        losses = train(net, step_loss, loader, settings, total, desc=f"finetune {task}", log=run.log_metrics,
+        losses = train(net, step_loss, loader, settings, total, desc=f"finetune {task} seed {seed}",
+                       log=run.log_metrics,
                        log_every=int(params["finetune"].get("log_every", 10)), device=procs.device,
                        precision=lambda: autocast(amp, procs.device, "finetune.amp"),
                        mean_loss=_mean_over_ranks(procs) if procs.world_size > 1 else None, on_step=on_step,
@@ -292,9 +350,7 @@ def _finetune(task, init, out, params, fraction, steps, on_step, procs, amp, com
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        write_bytes(out / "predictions.npz", buf.getvalue())
+        write_bytes(out / "predictions.npz", npz_bytes(arrays))  # the same arrays, the same bytes
         write_json(out / "metrics.json", _jsonable(result))
         run.log_artifact(out / "metrics.json")
         info = {"mlflow_run_id": run.run_id, "task": task, "init": init, "init_kind": init_info["kind"],
