@@ -124,7 +124,8 @@ class SampleCache(torch.utils.data.Dataset):
     """``ds`` whose samples are kept in memory after their first read (decoded and normalised), up to ``budget``
     bytes (``finetune.cache_mb``); past it a sample is read from the store each time, as without the cache.
 
-    Training draws each sample several times (300 steps x 16 of BigEarthNet's 2000: 2.4 reads each), so each is
+    Training draws each sample several times (the replicate seeds of a cell train in one process on the same subset:
+    3 seeds x 100 steps x 16 of BigEarthNet's 2000 are 2.4 reads each), so each is
     decoded once. The same tensors are served each time: the loader's collate copies them, nothing edits them in
     place. Under ``num_workers`` > 0 each worker process holds its own cache. Other attributes are ``ds``'s.
     """
