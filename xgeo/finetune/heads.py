@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.xgeo import SimMIMDecoder as PretrainDecoder
+
 
 class ClassificationHead(nn.Module):
     def __init__(self, channels: Sequence[int], num_classes: int) -> None:
@@ -65,11 +67,16 @@ class UPerHead(nn.Module):
 
 
 class SimMIMDecoder(nn.Module):
-    """Conv2d(C_last, stride^2 C_out, 1) + PixelShuffle(stride): full resolution from the stride-32 features."""
+    """Conv2d(C_last, stride^2 C_out, 1) + PixelShuffle(stride): full resolution from the stride-32 features.
+
+    The decoder is the pretraining's (:class:`xgeo.model.xgeo.SimMIMDecoder`): its 1x1 conv runs as one matrix
+    product over the channels-last features, which on the CPU is several times cheaper than oneDNN's convolution for
+    this shape (few pixels, thousands of output channels) in the forward and the backward pass.
+    """
 
     def __init__(self, channels: Sequence[int], out_channels: int, stride: int = 32) -> None:
         super().__init__()
-        self.decoder = nn.Sequential(nn.Conv2d(channels[-1], stride**2 * out_channels, 1), nn.PixelShuffle(stride))
+        self.decoder = PretrainDecoder(channels[-1], out_channels, stride)
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """-> (B, C_out, 32 h, 32 w) for a last stage of (B, C, h, w) (the input's ``size``)."""
