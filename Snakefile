@@ -1,7 +1,7 @@
 # xgeo: the paper's pipeline. raw data -> Zarr -> pretraining (one per experiment) -> finetuning -> tables + figures.
 #   snakemake --cores all results/table3.csv                  the embedded default (synthetic data, demo model)
-#   snakemake --cores all --config profile=paper results/table3.csv    Table 11 settings, real data (overlays/paper.yaml)
-#   snakemake --cores 2 --config "pretrain={steps: 20}" ...   any key of params.yaml, passed to the CLI as --set
+#   snakemake --cores all results/table3.csv --config profile=paper    Table 11 settings, real data (overlays/paper.yaml)
+#   snakemake --cores 2 results/table3.csv --config "pretrain={steps: 20}"   any key of params.yaml, passed to the CLI as --set
 #   snakemake --report report.html                            tables, Figure 3, Figure 4 reconstructions, training curves
 # Every rule calls the xgeo CLI; params.yaml (validated on start) is the one configuration.
 import os

@@ -207,3 +207,19 @@ def test_profile_demo_long_changes_only_the_table3_finetuning_schedule(root):
     for t in tasks:  # the rest of each task's settings is the demo's
         demo["finetune"][t].update(steps=300, warmup_steps=30)
     assert dict(demo, profile="demo-long") == long
+
+
+def test_documented_snakemake_commands_name_their_targets_before_config(root):
+    """`--config` takes every following word as a key=value pair: a target after it is a Snakemake error."""
+    docs = [root / "README.md", root / "Snakefile", *sorted((root / "overlays").glob("*.yaml")),
+            root / "workflow" / "profiles" / "slurm" / "config.yaml"]
+    bad = []
+    for path in docs:
+        for line in path.read_text().splitlines():
+            for cmd in re.findall(r"snakemake [^`#\n]*", line):
+                words = re.split(r"\s{2,}|\s\(", cmd.strip())[0].split()  # the command, not the comment after it
+                if "--config" in words and any("=" not in w and not w.startswith(("-", '"', "'", "...")) and
+                                               not w.endswith(('"', "'", "}"))
+                                               for w in words[words.index("--config") + 1:]):
+                    bad.append(f"{path.name}: {cmd.strip()}")
+    assert not bad, bad
