@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,20 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _jobs import cpu_seconds  # noqa: E402
 from xgeo.replicates import compare, summarize  # noqa: E402
 from xgeo.tables import TABLES  # noqa: E402
 
 TASKS = ("bigearthnet", "vaihingen", "sen12ms-cr", "spacenet2")
 
-
-def run(cmd: list[str], env: dict, log: Path) -> float:
-    """Run one job; its CPU seconds (user + sys of the process and its children, from wait4)."""
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{' '.join(cmd)} failed; see {log}")
-    return usage.ru_utime + usage.ru_stime
 
 
 def _fmt(v) -> str:
@@ -77,7 +67,7 @@ def main() -> None:
     def one(job):
         steps, task, fraction, row, out, cmd = job
         out.mkdir(parents=True, exist_ok=True)
-        cpu = run(cmd, env, out / "job.log")
+        cpu = cpu_seconds(cmd, env, out / "job.log")
         print(f"  {steps} steps {task} f{fraction:g} {row}: {cpu:.1f} CPU s ({time.time() - started:.0f} s in)",
               file=sys.stderr, flush=True)
         return cpu

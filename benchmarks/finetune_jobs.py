@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _jobs import cpu_seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("bigearthnet", "vaihingen", "sen12ms-cr", "spacenet2")
 
-
-def cpu_seconds(cmd: list[str], env: dict, log: Path) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if rc:
-        sys.exit(f"{' '.join(cmd)} failed (exit {rc}); see {log}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:

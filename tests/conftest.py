@@ -34,3 +34,16 @@ def load(tmp_path):
         return load_params(ROOT / "params.yaml", [*base, *overrides], experiment=experiment)
 
     return _load
+
+
+def make_store(base: Path, dataset: str, overrides: list[str]) -> Path:
+    """Synthesise ``dataset`` in its real layout under ``base/raw`` with params.yaml + ``overrides`` and convert it to
+    ``base/zarr/<dataset>.zarr``; returns the zarr folder (``paths.zarr``)."""
+    from xgeo.config import load_params
+    from xgeo.data.convert import convert
+    from xgeo.data.synth import synthesize
+
+    params = load_params(ROOT / "params.yaml", overrides)
+    synthesize(dataset, base / "raw", params, seed=0)
+    convert(dataset, base / "raw", base / "zarr" / f"{dataset}.zarr", params)
+    return base / "zarr"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_store
 
 from xgeo import runtime
 from xgeo.errors import XGeoError
@@ -24,15 +25,7 @@ TINY_BEN = ["data.datasets.bigearthnet.synth.patches={train: 24, val: 8, test: 4
 @pytest.fixture(scope="module")
 def ben_zarr(tmp_path_factory) -> Path:
     """A tiny BigEarthNet store (synthesised in the real layout, converted)."""
-    from xgeo.config import load_params
-    from xgeo.data.convert import convert
-    from xgeo.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("ddp_stores")
-    params = load_params(ROOT / "params.yaml", TINY_BEN)
-    synthesize("bigearthnet", base / "raw", params, seed=0)
-    convert("bigearthnet", base / "raw", base / "zarr" / "bigearthnet.zarr", params)
-    return base / "zarr"
+    return make_store(tmp_path_factory.mktemp("ddp_stores"), "bigearthnet", TINY_BEN)
 
 
 def test_device_selection_without_cuda(monkeypatch):

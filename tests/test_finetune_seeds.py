@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.datasets.bigearthnet.synth.patches={train: 24, val: 8, test: 4}"]
@@ -20,15 +21,7 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def zarr_dir(tmp_path_factory) -> Path:
     """A tiny BigEarthNet store (synthesised in its real layout, then converted)."""
-    from xgeo.config import load_params
-    from xgeo.data.convert import convert
-    from xgeo.data.synth import synthesize
-
-    base = tmp_path_factory.mktemp("seeds_store")
-    params = load_params(ROOT / "params.yaml", SMALL)
-    synthesize("bigearthnet", base / "raw", params, seed=0)
-    convert("bigearthnet", base / "raw", base / "zarr" / "bigearthnet.zarr", params)
-    return base / "zarr"
+    return make_store(tmp_path_factory.mktemp("seeds_store"), "bigearthnet", SMALL)
 
 
 @pytest.fixture
